@@ -1,0 +1,220 @@
+//! The step graph: matrix steps expanded, commands rendered, nodes in a stable topological
+//! order (declaration order breaks ties), so that plans and drawings are deterministic.
+
+use crate::model::{render, Pipeline, Step};
+use std::collections::BTreeMap;
+
+/// One runnable step after matrix expansion.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `test` or, for a matrix step, `test[elixir=1.18,otp=27]`.
+    pub name: String,
+    /// The step's name as declared.
+    pub base: String,
+    /// Matrix values of this expansion, in axis order.
+    pub matrix: Vec<(String, String)>,
+    /// The command with placeholders filled.
+    pub run: String,
+    /// Declared environment with placeholders filled, plus `MATRIX_<AXIS>` values; sorted.
+    pub env: BTreeMap<String, String>,
+    /// Indices of the nodes this one needs (all expansions of a needed matrix step).
+    pub needs: Vec<usize>,
+    /// The declaration.
+    pub step: Step,
+}
+
+/// The expanded graph; `nodes` is in topological order.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GraphError {
+    #[error("step `{step}` needs unknown step `{need}`")]
+    UnknownNeed { step: String, need: String },
+    #[error("dependency cycle: {}", .0.join(" → "))]
+    Cycle(Vec<String>),
+    #[error("placeholder `{{{placeholder}}}` in step `{step}` is not defined")]
+    Placeholder { step: String, placeholder: String },
+    #[error("unknown step `{0}`")]
+    UnknownStep(String),
+}
+
+fn expansions(step: &Step) -> Vec<Vec<(String, String)>> {
+    let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (axis, values) in step.matrix.iter() {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((axis.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+impl Graph {
+    pub fn build(p: &Pipeline) -> Result<Graph, GraphError> {
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut by_base: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (base, step) in p.steps.iter() {
+            for combo in expansions(step) {
+                let name = if combo.is_empty() {
+                    base.clone()
+                } else {
+                    let parts: Vec<String> =
+                        combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("{base}[{}]", parts.join(","))
+                };
+                let lookup = |ph: &str| -> Option<String> {
+                    if let Some(axis) = ph.strip_prefix("matrix.") {
+                        return combo
+                            .iter()
+                            .find(|(k, _)| k == axis)
+                            .map(|(_, v)| v.clone());
+                    }
+                    p.vars
+                        .get(ph)
+                        .cloned()
+                        .or_else(|| (ph == "app").then(|| p.name.clone()))
+                };
+                let fill = |t: &str| {
+                    render(t, lookup).map_err(|ph| GraphError::Placeholder {
+                        step: name.clone(),
+                        placeholder: ph,
+                    })
+                };
+                let run = fill(&step.run)?;
+                let mut env = BTreeMap::new();
+                for (k, v) in step.env.iter() {
+                    env.insert(k.clone(), fill(v)?);
+                }
+                for (k, v) in &combo {
+                    env.insert(
+                        format!("MATRIX_{}", k.to_ascii_uppercase().replace('-', "_")),
+                        v.clone(),
+                    );
+                }
+                by_base.entry(base.as_str()).or_default().push(nodes.len());
+                nodes.push(Node {
+                    name,
+                    base: base.clone(),
+                    matrix: combo,
+                    run,
+                    env,
+                    needs: Vec::new(),
+                    step: step.clone(),
+                });
+            }
+        }
+        for i in 0..nodes.len() {
+            let mut needs = Vec::new();
+            for need in &nodes[i].step.needs {
+                let targets =
+                    by_base
+                        .get(need.as_str())
+                        .ok_or_else(|| GraphError::UnknownNeed {
+                            step: nodes[i].base.clone(),
+                            need: need.clone(),
+                        })?;
+                needs.extend(targets.iter().copied());
+            }
+            needs.sort_unstable();
+            needs.dedup();
+            nodes[i].needs = needs;
+        }
+        topo_sort(nodes)
+    }
+
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Nodes named by `targets` (a declared name selects all its matrix expansions) and all
+    /// they need, in topological order.
+    pub fn closure<S: AsRef<str>>(&self, targets: &[S]) -> Result<Vec<usize>, GraphError> {
+        let mut want = vec![false; self.nodes.len()];
+        let mut stack = Vec::new();
+        for t in targets {
+            let t = t.as_ref();
+            let hits: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].name == t || self.nodes[i].base == t)
+                .collect();
+            if hits.is_empty() {
+                return Err(GraphError::UnknownStep(t.to_string()));
+            }
+            stack.extend(hits);
+        }
+        while let Some(i) = stack.pop() {
+            if !want[i] {
+                want[i] = true;
+                stack.extend(self.nodes[i].needs.iter().copied());
+            }
+        }
+        Ok((0..self.nodes.len()).filter(|&i| want[i]).collect())
+    }
+
+    /// Nodes that (transitively) need node `i`.
+    pub fn dependents(&self, i: usize) -> Vec<usize> {
+        let mut out = vec![false; self.nodes.len()];
+        let mut changed = true;
+        out[i] = true;
+        while changed {
+            changed = false;
+            for (j, n) in self.nodes.iter().enumerate() {
+                if !out[j] && n.needs.iter().any(|&d| out[d]) {
+                    out[j] = true;
+                    changed = true;
+                }
+            }
+        }
+        (0..self.nodes.len())
+            .filter(|&j| j != i && out[j])
+            .collect()
+    }
+}
+
+/// Kahn's algorithm; among ready nodes the earliest declared goes first.
+fn topo_sort(nodes: Vec<Node>) -> Result<Graph, GraphError> {
+    let n = nodes.len();
+    let mut indegree: Vec<usize> = nodes.iter().map(|x| x.needs.len()).collect();
+    let mut order = Vec::with_capacity(n);
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..n).filter(|&i| indegree[i] == 0).collect();
+    while let Some(i) = ready.pop_first() {
+        order.push(i);
+        for (j, node) in nodes.iter().enumerate() {
+            if node.needs.contains(&i) {
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+    }
+    if order.len() != n {
+        let stuck: Vec<String> = (0..n)
+            .filter(|i| !order.contains(i))
+            .map(|i| nodes[i].name.clone())
+            .collect();
+        return Err(GraphError::Cycle(stuck));
+    }
+    let mut new_index = vec![0; n];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    let mut slots: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let mut sorted = Vec::with_capacity(n);
+    for &old in &order {
+        let mut node = slots[old].take().expect("each node is placed once");
+        node.needs = node.needs.iter().map(|&d| new_index[d]).collect();
+        node.needs.sort_unstable();
+        sorted.push(node);
+    }
+    Ok(Graph { nodes: sorted })
+}

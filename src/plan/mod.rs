@@ -1,0 +1,18 @@
+//! Planning: from a validated [`Pipeline`](crate::model::Pipeline) to printable data.
+//!
+//! **Pure**, like `model/`: no filesystem, processes, clocks or network. Everything a plan
+//! depends on from the outside world (branch, manual inputs, and later input digests and
+//! cache state) is passed in as values, so planner tests need no files.
+//!
+//! - [`graph`]: matrix expansion and a stable topological order of steps.
+//! - [`trigger`]: which steps and environments an event runs; deploy phases and gates.
+//! - [`render`]: Mermaid, DOT and text drawings of the graph.
+
+pub mod graph;
+pub mod render;
+pub mod trigger;
+
+pub use graph::{Graph, GraphError, Node};
+pub use trigger::{
+    plan_trigger, EnvPlan, Gate, GateStatus, Phase, RunPlan, TriggerError, TriggerRequest,
+};

@@ -1,0 +1,133 @@
+//! Drawing the step graph: Mermaid (like the seed's flowchart), Graphviz DOT, and plain text.
+//! Environments appear as deploy nodes after the steps they require.
+
+use super::graph::Graph;
+use crate::model::Pipeline;
+use std::fmt::Write;
+
+/// Steps each environment waits for: its `requires`, or the steps of the triggers deploying to it.
+fn env_edges(p: &Pipeline) -> Vec<(String, Vec<String>)> {
+    p.environments
+        .iter()
+        .map(|(name, env)| {
+            let mut req = env.requires.clone();
+            if req.is_empty() {
+                for t in &p.triggers {
+                    let deploys_here = t.deploy.iter().any(|r| {
+                        r.environment == *name
+                            || crate::model::placeholders(&r.environment).iter().any(|ph| {
+                                ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(|i| {
+                                    matches!(&i.kind, crate::model::InputType::Choice(o) if o.contains(name))
+                                })
+                            })
+                    });
+                    if deploys_here {
+                        req.extend(t.run.iter().cloned());
+                    }
+                }
+            }
+            req.sort();
+            req.dedup();
+            (name.clone(), req)
+        })
+        .collect()
+}
+
+fn quote(s: &str) -> String {
+    s.replace('"', "'")
+}
+
+pub fn mermaid(p: &Pipeline, g: &Graph) -> String {
+    let mut out = String::from("flowchart TD\n");
+    for (i, n) in g.nodes.iter().enumerate() {
+        let _ = writeln!(out, "  s{i}[\"{}\"]", quote(&n.name));
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        for d in &n.needs {
+            let _ = writeln!(out, "  s{d} --> s{i}");
+        }
+    }
+    for (j, (name, req)) in env_edges(p).iter().enumerate() {
+        let env = p
+            .environments
+            .get(name)
+            .expect("edges come from environments");
+        let regions = if env.regions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", env.regions.join(" → "))
+        };
+        let _ = writeln!(
+            out,
+            "  e{j}{{{{\"deploy {}{}\"}}}}",
+            quote(name),
+            quote(&regions)
+        );
+        for r in req {
+            for (i, n) in g.nodes.iter().enumerate() {
+                if n.base == *r {
+                    let _ = writeln!(out, "  s{i} --> e{j}");
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn dot(p: &Pipeline, g: &Graph) -> String {
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
+        quote(&p.name)
+    );
+    for (i, n) in g.nodes.iter().enumerate() {
+        let _ = writeln!(out, "  s{i} [label=\"{}\"];", quote(&n.name));
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        for d in &n.needs {
+            let _ = writeln!(out, "  s{d} -> s{i};");
+        }
+    }
+    for (j, (name, req)) in env_edges(p).iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  e{j} [label=\"deploy {}\", shape=hexagon];",
+            quote(name)
+        );
+        for r in req {
+            for (i, n) in g.nodes.iter().enumerate() {
+                if n.base == *r {
+                    let _ = writeln!(out, "  s{i} -> e{j};");
+                }
+            }
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub fn text(p: &Pipeline, g: &Graph) -> String {
+    let mut out = String::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let needs: Vec<&str> = n.needs.iter().map(|&d| g.nodes[d].name.as_str()).collect();
+        let _ = write!(out, "{:>3}. {}", i + 1, n.name);
+        if !needs.is_empty() {
+            let _ = write!(out, "  ← {}", needs.join(", "));
+        }
+        out.push('\n');
+    }
+    for (name, req) in env_edges(p) {
+        let env = p
+            .environments
+            .get(&name)
+            .expect("edges come from environments");
+        let _ = write!(out, "  deploy {name}");
+        if !env.regions.is_empty() {
+            let _ = write!(out, " [{}]", env.regions.join(" → "));
+        }
+        if !req.is_empty() {
+            let _ = write!(out, "  ← {}", req.join(", "));
+        }
+        out.push('\n');
+    }
+    out
+}
