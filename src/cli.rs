@@ -18,12 +18,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct PipelineArg {
     /// The pipeline file (RON).
-    #[arg(
-        short = 'p',
-        long = "pipeline",
-        default_value = "pipelines/cairn.ron",
-        value_name = "FILE"
-    )]
+    #[arg(short = 'p', long = "pipeline", default_value = "pipelines/cairn.ron", value_name = "FILE")]
     pub pipeline: PathBuf,
 }
 

@@ -28,11 +28,7 @@ pub enum Error {
     #[error("{}", render_diagnostics(.0))]
     Pipeline(Vec<Diagnostic>),
     #[error("cannot read {}: {source}\n  hint: {hint}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-        hint: String,
-    },
+    Read { path: PathBuf, source: std::io::Error, hint: String },
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -75,9 +71,9 @@ impl From<crate::plan::TriggerError> for Error {
 impl From<crate::plan::GraphError> for Error {
     fn from(e: crate::plan::GraphError) -> Self {
         match e {
-            crate::plan::GraphError::UnknownStep(s) => {
-                Error::Usage(format!("error: unknown step `{s}`\n  hint: `cairn graph -p FILE --format text` lists the steps"))
-            }
+            crate::plan::GraphError::UnknownStep(s) => Error::Usage(format!(
+                "error: unknown step `{s}`\n  hint: `cairn graph -p FILE --format text` lists the steps"
+            )),
             other => Error::Usage(format!("error: {other}")),
         }
     }

@@ -28,11 +28,7 @@ pub fn run() -> u8 {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
         }
     };
     match dispatch(cli) {

@@ -12,22 +12,14 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let g = Graph::build(&p)?;
     let mut inputs = BTreeMap::new();
     for kv in &args.inputs {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("error: `--input {kv}` is not NAME=VALUE")))?;
+        let (k, v) =
+            kv.split_once('=').ok_or_else(|| Error::Usage(format!("error: `--input {kv}` is not NAME=VALUE")))?;
         inputs.insert(k.to_string(), v.to_string());
     }
-    let req = TriggerRequest {
-        event: args.event.into(),
-        branch: args.branch.clone(),
-        inputs,
-    };
+    let req = TriggerRequest { event: args.event.into(), branch: args.branch.clone(), inputs };
     let plan = plan_trigger(&p, &g, &req)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&plan, &g)).expect("plans serialise")
-        );
+        println!("{}", serde_json::to_string_pretty(&to_json(&plan, &g)).expect("plans serialise"));
     } else {
         print!("{}", to_text(&plan, &g));
     }
@@ -61,26 +53,12 @@ pub fn to_json(plan: &RunPlan, g: &Graph) -> serde_json::Value {
 
 pub fn to_text(plan: &RunPlan, g: &Graph) -> String {
     let mut o = String::new();
-    let on = plan
-        .branch
-        .as_deref()
-        .map(|b| format!(" on `{b}`"))
-        .unwrap_or_default();
+    let on = plan.branch.as_deref().map(|b| format!(" on `{b}`")).unwrap_or_default();
     let Some(t) = plan.trigger else {
-        let _ = writeln!(
-            o,
-            "no trigger matches {}{on}: nothing would run",
-            plan.event
-        );
+        let _ = writeln!(o, "no trigger matches {}{on}: nothing would run", plan.event);
         return o;
     };
-    let _ = writeln!(
-        o,
-        "{}{on} (trigger {}): {} steps",
-        plan.event,
-        t + 1,
-        plan.steps.len()
-    );
+    let _ = writeln!(o, "{}{on} (trigger {}): {} steps", plan.event, t + 1, plan.steps.len());
     for (k, &i) in plan.steps.iter().enumerate() {
         let n = &g.nodes[i];
         let _ = write!(o, "  {:>2}. {}", k + 1, n.name);
@@ -97,18 +75,10 @@ pub fn to_text(plan: &RunPlan, g: &Graph) -> String {
         let _ = writeln!(o, "no deploy");
     }
     for e in &plan.environments {
-        let _ = writeln!(
-            o,
-            "deploy {} ({}), after: {}",
-            e.name,
-            e.strategy,
-            e.requires.join(", ")
-        );
+        let _ = writeln!(o, "deploy {} ({}), after: {}", e.name, e.strategy, e.requires.join(", "));
         for gate in &e.gates {
-            let status = serde_json::to_value(&gate.status)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default();
+            let status =
+                serde_json::to_value(&gate.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             let _ = writeln!(o, "  gate {:<9} {:<8} {}", gate.kind, status, gate.detail);
         }
         for (k, ph) in e.phases.iter().enumerate() {
@@ -117,13 +87,7 @@ pub fn to_text(plan: &RunPlan, g: &Graph) -> String {
                 Phase::Switch { command } => {
                     writeln!(o, "  {:>2}. switch traffic: {command}", k + 1)
                 }
-                Phase::Deploy {
-                    region,
-                    wave,
-                    command,
-                    health,
-                    bake,
-                } => {
+                Phase::Deploy { region, wave, command, health, bake } => {
                     let r = region.as_deref().unwrap_or("(all)");
                     let mut line = format!("  {:>2}. {r} [{wave}]: {command}", k + 1);
                     if let Some(h) = health {

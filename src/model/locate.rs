@@ -24,14 +24,8 @@ impl<'a> Locator<'a> {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
-        let col = String::from_utf8_lossy(&before[line_start..])
-            .chars()
-            .count()
-            + 1;
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+        let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
         (line, col)
     }
 
@@ -81,10 +75,7 @@ impl<'a> Locator<'a> {
     /// Position of `needle` inside the definition of `owner` (or of the owner itself).
     pub fn locate(&self, owner: Option<&str>, needle: &str) -> (usize, usize) {
         let start = owner.and_then(|o| self.find_definition(o)).unwrap_or(0);
-        let at = self
-            .find_quoted(needle, start + 1)
-            .or_else(|| self.find_quoted(needle, 0))
-            .unwrap_or(start);
+        let at = self.find_quoted(needle, start + 1).or_else(|| self.find_quoted(needle, 0)).unwrap_or(start);
         self.line_col(at)
     }
 
@@ -100,8 +91,7 @@ mod tests {
 
     #[test]
     fn finds_definitions_and_uses() {
-        let text =
-            b"// \"a\": comment\nsteps: {\n  \"a\": (run: \"x\"),\n  \"b\": (needs: [\"a\"]),\n}";
+        let text = b"// \"a\": comment\nsteps: {\n  \"a\": (run: \"x\"),\n  \"b\": (needs: [\"a\"]),\n}";
         let l = Locator::new("p.ron", text);
         assert_eq!(l.definition("a"), (3, 3));
         assert_eq!(l.locate(Some("b"), "a"), (4, 17));

@@ -22,6 +22,9 @@ mod placeholder;
 mod types;
 pub mod validate;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use locate::Locator;
 pub use placeholder::{placeholders, render, Placeholder};
 pub use types::*;
@@ -44,11 +47,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
-        )?;
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
         if let Some(hint) = &self.hint {
             write!(f, "\n  hint: {hint}")?;
         }
@@ -85,84 +84,49 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Pipeline, Diagnostic> {
             line: 1,
             col: 1,
             message: "the pipeline file is empty".into(),
-            hint: Some(
-                "start from `Pipeline(name: \"my-app\", steps: { ... })`; see docs/pipeline.md"
-                    .into(),
-            ),
+            hint: Some("start from `Pipeline(name: \"my-app\", steps: { ... })`; see docs/pipeline.md".into()),
         });
     }
     let options = ron::Options::default()
         .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
         .with_recursion_limit(64);
-    options
-        .from_str::<Pipeline>(text)
-        .map_err(|e| from_ron_error(file, e))
+    options.from_str::<Pipeline>(text).map_err(|e| from_ron_error(file, e))
 }
 
 fn from_ron_error(file: &str, e: ron::error::SpannedError) -> Diagnostic {
     use ron::error::Error as E;
     let (message, hint) = match &e.code {
-        E::NoSuchStructField {
-            expected,
-            found,
-            outer,
-        } => (
+        E::NoSuchStructField { expected, found, outer } => (
             format!(
                 "unknown field `{found}`{}",
-                outer
-                    .as_deref()
-                    .map(|o| format!(" in {}", describe_outer(o)))
-                    .unwrap_or_default()
+                outer.as_deref().map(|o| format!(" in {}", describe_outer(o))).unwrap_or_default()
             ),
             Some(suggest(found, expected)),
         ),
-        E::NoSuchEnumVariant {
-            expected,
-            found,
-            outer,
-        } => (
+        E::NoSuchEnumVariant { expected, found, outer } => (
             format!(
                 "unknown variant `{found}`{}",
-                outer
-                    .as_deref()
-                    .map(|o| format!(" of {}", describe_outer(o)))
-                    .unwrap_or_default()
+                outer.as_deref().map(|o| format!(" of {}", describe_outer(o))).unwrap_or_default()
             ),
             Some(suggest(found, expected)),
         ),
         E::MissingStructField { field, outer } => (
             format!(
                 "missing field `{field}`{}",
-                outer
-                    .as_deref()
-                    .map(|o| format!(" in {}", describe_outer(o)))
-                    .unwrap_or_default()
+                outer.as_deref().map(|o| format!(" in {}", describe_outer(o))).unwrap_or_default()
             ),
-            Some(format!(
-                "add `{field}: ...`; see docs/pipeline.md for what it takes"
-            )),
+            Some(format!("add `{field}: ...`; see docs/pipeline.md for what it takes")),
         ),
-        E::DuplicateStructField { field, .. } => (
-            format!("field `{field}` is given twice"),
-            Some("remove one of the two".into()),
-        ),
-        E::Eof => (
-            "unexpected end of file".into(),
-            Some("a bracket or parenthesis is probably not closed".into()),
-        ),
-        E::ExceededRecursionLimit => (
-            "the file nests too deeply".into(),
-            Some("pipelines need only a few levels of nesting".into()),
-        ),
+        E::DuplicateStructField { field, .. } => {
+            (format!("field `{field}` is given twice"), Some("remove one of the two".into()))
+        }
+        E::Eof => ("unexpected end of file".into(), Some("a bracket or parenthesis is probably not closed".into())),
+        E::ExceededRecursionLimit => {
+            ("the file nests too deeply".into(), Some("pipelines need only a few levels of nesting".into()))
+        }
         other => (other.to_string(), None),
     };
-    Diagnostic {
-        file: file.to_string(),
-        line: e.span.start.line.max(1),
-        col: e.span.start.col.max(1),
-        message,
-        hint,
-    }
+    Diagnostic { file: file.to_string(), line: e.span.start.line.max(1), col: e.span.start.col.max(1), message, hint }
 }
 
 fn describe_outer(outer: &str) -> String {
@@ -171,10 +135,7 @@ fn describe_outer(outer: &str) -> String {
 
 /// "did you mean" for a misspelt name, or the list of valid names.
 pub fn suggest(found: &str, expected: &[&str]) -> String {
-    let best = expected
-        .iter()
-        .map(|c| (edit_distance(found, c), *c))
-        .min_by_key(|(d, _)| *d);
+    let best = expected.iter().map(|c| (edit_distance(found, c), *c)).min_by_key(|(d, _)| *d);
     match best {
         Some((d, name)) if d <= (found.len().max(3) / 2).max(2) => {
             format!("did you mean `{name}`?")
@@ -207,11 +168,9 @@ mod tests {
 
     #[test]
     fn distance_and_suggestions() {
-        assert_eq!(edit_distance("nedds", "needs"), 2);
-        assert_eq!(
-            suggest("nedds", &["run", "needs", "outputs"]),
-            "did you mean `needs`?"
-        );
+        assert_eq!(edit_distance("nedds", "needs"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(suggest("nedds", &["run", "needs", "outputs"]), "did you mean `needs`?");
         assert!(suggest("zzzzzzzz", &["run", "needs"]).starts_with("valid names here"));
     }
 }

@@ -59,10 +59,7 @@ pub fn placeholders(template: &str) -> Vec<Placeholder> {
     let mut out = Vec::new();
     scan(template, |piece| {
         if let Piece::Hole(name, offset) = piece {
-            out.push(Placeholder {
-                name: name.to_string(),
-                offset,
-            });
+            out.push(Placeholder { name: name.to_string(), offset });
         }
     });
     out
@@ -93,8 +90,7 @@ mod tests {
 
     #[test]
     fn finds_placeholders_but_not_shell_syntax() {
-        let t =
-            "flyctl deploy --app {app}-{region} --config fly.{matrix.otp}.toml ${HOME} {{x}} { y }";
+        let t = "flyctl deploy --app {app}-{region} --config fly.{matrix.otp}.toml ${HOME} {{x}} { y }";
         let names: Vec<_> = placeholders(t).into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["app", "region", "matrix.otp"]);
     }

@@ -85,9 +85,7 @@ impl Dur {
             if digits == 0 {
                 return Err(format!("`{s}` is not a duration"));
             }
-            let n: u128 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("`{s}` is too large"))?;
+            let n: u128 = rest[..digits].parse().map_err(|_| format!("`{s}` is too large"))?;
             rest = &rest[digits..];
             let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
             let unit = &rest[..unit_len];
@@ -102,10 +100,7 @@ impl Dur {
                 u => return Err(format!("`{s}` has an unknown unit `{u}`")),
             };
             total = total
-                .checked_add(
-                    n.checked_mul(ms)
-                        .ok_or_else(|| format!("`{s}` is too large"))?,
-                )
+                .checked_add(n.checked_mul(ms).ok_or_else(|| format!("`{s}` is too large"))?)
                 .ok_or_else(|| format!("`{s}` is too large"))?;
         }
         if total > u128::from(u64::MAX) {
@@ -121,13 +116,7 @@ impl fmt::Display for Dur {
         if ms == 0 {
             return f.write_str("0s");
         }
-        let units = [
-            (86_400_000, "d"),
-            (3_600_000, "h"),
-            (60_000, "m"),
-            (1_000, "s"),
-            (1, "ms"),
-        ];
+        let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")];
         let mut rest = ms;
         for (size, name) in units {
             if rest >= size {
@@ -149,9 +138,7 @@ impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Dur::parse(&s).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid duration: {e}; write it like \"30s\", \"5m\", \"1h30m\" or \"500ms\""
-            ))
+            de::Error::custom(format!("invalid duration: {e}; write it like \"30s\", \"5m\", \"1h30m\" or \"500ms\""))
         })
     }
 }
@@ -614,10 +601,7 @@ pub struct FailurePolicy {
 
 impl Default for FailurePolicy {
     fn default() -> Self {
-        FailurePolicy {
-            rollback_failed: true,
-            rollback_completed: false,
-        }
+        FailurePolicy { rollback_failed: true, rollback_completed: false }
     }
 }
 

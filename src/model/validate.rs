@@ -4,9 +4,7 @@
 //! Each check yields a [`Diagnostic`] located in the source text with [`Locator`], naming what
 //! is wrong and what to do. All problems are collected, not just the first.
 
-use super::{
-    placeholders, suggest, Diagnostic, Locator, Pipeline, Probe, SecretSource, DEPLOY_EVENTS,
-};
+use super::{placeholders, suggest, Diagnostic, Locator, Pipeline, Probe, SecretSource, DEPLOY_EVENTS};
 use std::collections::{BTreeMap, BTreeSet};
 
 struct Checker<'a> {
@@ -16,13 +14,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn push(&mut self, at: (usize, usize), message: String, hint: Option<String>) {
-        self.out.push(Diagnostic {
-            file: self.loc.file().to_string(),
-            line: at.0,
-            col: at.1,
-            message,
-            hint,
-        });
+        self.out.push(Diagnostic { file: self.loc.file().to_string(), line: at.0, col: at.1, message, hint });
     }
 
     /// A reference from `owner` to `name`, which must be one of `known`.
@@ -35,19 +27,12 @@ impl Checker<'_> {
         if known.is_empty() {
             hint = format!("no {what} is declared; {hint_extra}");
         }
-        self.push(
-            at,
-            format!("`{owner}` refers to unknown {what} `{name}`"),
-            Some(hint),
-        );
+        self.push(at, format!("`{owner}` refers to unknown {what} `{name}`"), Some(hint));
     }
 
     fn glob(&mut self, owner: &str, glob: &str) {
         let pattern = glob.strip_prefix('!').unwrap_or(glob);
-        if let Err(e) = globset::GlobBuilder::new(pattern)
-            .literal_separator(true)
-            .build()
-        {
+        if let Err(e) = globset::GlobBuilder::new(pattern).literal_separator(true).build() {
             let at = self.loc.locate(Some(owner), glob);
             self.push(
                 at,
@@ -66,10 +51,7 @@ impl Checker<'_> {
     }
 
     fn relative_path(&mut self, owner: &str, what: &str, path: &str) {
-        let bad = path.is_empty()
-            || path.starts_with('/')
-            || path.split('/').any(|c| c == "..")
-            || path.contains('\0');
+        let bad = path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") || path.contains('\0');
         if bad {
             let at = self.loc.locate(Some(owner), path);
             self.push(
@@ -87,10 +69,7 @@ impl Checker<'_> {
                 let known: Vec<&str> = defined.iter().map(String::as_str).collect();
                 self.push(
                     at,
-                    format!(
-                        "placeholder `{{{}}}` in {field} of `{owner}` is not defined",
-                        p.name
-                    ),
+                    format!("placeholder `{{{}}}` in {field} of `{owner}` is not defined", p.name),
                     Some(format!(
                         "{}; define it in `vars`, or write `{{{{` for a literal brace",
                         suggest(&p.name, &known)
@@ -117,10 +96,7 @@ impl Checker<'_> {
 
 /// Run every check; an empty result means the pipeline is valid.
 pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
-    let mut c = Checker {
-        loc,
-        out: Vec::new(),
-    };
+    let mut c = Checker { loc, out: Vec::new() };
     let step_names: Vec<&str> = p.steps.names().collect();
     let services: Vec<&str> = p.services.names().collect();
     let secrets: Vec<&str> = p.secrets.names().collect();
@@ -165,11 +141,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for need in &step.needs {
             if need == name {
                 let at = loc.locate(Some(name), need);
-                c.push(
-                    at,
-                    format!("step `{name}` needs itself"),
-                    Some("remove it from `needs`".into()),
-                );
+                c.push(at, format!("step `{name}` needs itself"), Some("remove it from `needs`".into()));
             } else {
                 c.reference(name, "step", need, &step_names, "declare it under `steps`");
             }
@@ -181,13 +153,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
             c.reference(name, "secret", s, &secrets, "declare it under `secrets`");
         }
         for t in &step.toolchains {
-            c.reference(
-                name,
-                "toolchain",
-                t,
-                &toolchains,
-                "declare it under `toolchains`",
-            );
+            c.reference(name, "toolchain", t, &toolchains, "declare it under `toolchains`");
         }
         for s in &step.input_sets {
             c.reference(name, "input set", s, &sets, "declare it under `input_sets`");
@@ -222,10 +188,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         }
         for out in &step.outputs {
             c.relative_path(name, "output", out);
-            let norm = out
-                .trim_end_matches('/')
-                .trim_start_matches("./")
-                .to_string();
+            let norm = out.trim_end_matches('/').trim_start_matches("./").to_string();
             for (other_path, other) in &claimed {
                 let overlaps = norm == *other_path
                     || norm.starts_with(&format!("{other_path}/"))
@@ -235,7 +198,10 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
                     c.push(
                         at,
                         format!("steps `{other}` and `{name}` both claim output `{out}`"),
-                        Some("each path may be the output of one step only; split the directory or merge the steps".into()),
+                        Some(
+                            "each path may be the output of one step only; split the directory or merge the steps"
+                                .into(),
+                        ),
                     );
                 }
             }
@@ -246,10 +212,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
             c.push(
                 at,
                 format!("step `{name}` has `cache: false` but declares outputs"),
-                Some(
-                    "outputs of an uncached step are never stored; remove them or allow caching"
-                        .into(),
-                ),
+                Some("outputs of an uncached step are never stored; remove them or allow caching".into()),
             );
         }
     }
@@ -266,15 +229,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
     for (name, svc) in p.services.iter() {
         let mut defined = base_vars.clone();
         defined.extend(["port", "dir", "service"].map(String::from));
-        for t in [
-            Some(&svc.start),
-            svc.stop.as_ref(),
-            svc.setup.as_ref(),
-            svc.init.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for t in [Some(&svc.start), svc.stop.as_ref(), svc.setup.as_ref(), svc.init.as_ref()].into_iter().flatten() {
             c.template(name, "a command", t, &defined);
         }
         for (k, v) in svc.env.iter().chain(svc.export.iter()) {
@@ -328,11 +283,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for r in &env.regions {
             if !seen.insert(r) {
                 let at = loc.locate(Some(name), r);
-                c.push(
-                    at,
-                    format!("region `{r}` appears twice in `{name}`"),
-                    Some("list each region once".into()),
-                );
+                c.push(at, format!("region `{r}` appears twice in `{name}`"), Some("list each region once".into()));
             }
         }
         match &env.strategy {
@@ -412,26 +363,14 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for n in &env.notify {
             match n {
                 super::Notify::Slack(w) => {
-                    c.reference(
-                        name,
-                        "secret",
-                        &w.url_secret,
-                        &env_secrets,
-                        "declare it under `secrets`",
-                    );
+                    c.reference(name, "secret", &w.url_secret, &env_secrets, "declare it under `secrets`");
                     for e in &w.events {
                         c.reference(name, "deploy event", e, DEPLOY_EVENTS, "");
                     }
                 }
                 super::Notify::Metric(m) => {
                     if let Some(s) = &m.api_key_secret {
-                        c.reference(
-                            name,
-                            "secret",
-                            s,
-                            &env_secrets,
-                            "declare it under `secrets`",
-                        );
+                        c.reference(name, "secret", s, &env_secrets, "declare it under `secrets`");
                     }
                 }
             }
@@ -446,11 +385,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
                 let at = loc.locate(None, s);
                 c.push(
                     at,
-                    format!(
-                        "trigger {} ({}) runs unknown step `{s}`",
-                        i + 1,
-                        t.on.as_str()
-                    ),
+                    format!("trigger {} ({}) runs unknown step `{s}`", i + 1, t.on.as_str()),
                     Some(suggest(s, &step_names)),
                 );
             }
@@ -458,8 +393,7 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for g in &t.branches {
             c.glob(&owner, g);
         }
-        let input_names: BTreeSet<String> =
-            t.inputs.names().map(|n| format!("inputs.{n}")).collect();
+        let input_names: BTreeSet<String> = t.inputs.names().map(|n| format!("inputs.{n}")).collect();
         for (iname, input) in t.inputs.iter() {
             if let (super::InputType::Choice(options), Some(d)) = (&input.kind, &input.default) {
                 if !options.contains(d) {
@@ -497,26 +431,18 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
                         let at = loc.locate(None, &rule.environment);
                         c.push(
                             at,
-                            format!(
-                                "placeholder `{{{}}}` in trigger {} is not one of its inputs",
-                                h.name,
-                                i + 1
-                            ),
+                            format!("placeholder `{{{}}}` in trigger {} is not one of its inputs", h.name, i + 1),
                             Some("declare it under the trigger's `inputs`".into()),
                         );
                     } else if let Some(super::InputType::Choice(options)) =
                         t.inputs.get(&h.name["inputs.".len()..]).map(|i| &i.kind)
                     {
                         for o in options {
-                            if rule.environment == format!("{{{}}}", h.name)
-                                && !envs.contains(&o.as_str())
-                            {
+                            if rule.environment == format!("{{{}}}", h.name) && !envs.contains(&o.as_str()) {
                                 let at = loc.locate(None, o);
                                 c.push(
                                     at,
-                                    format!(
-                                        "choice `{o}` selects an environment that is not declared"
-                                    ),
+                                    format!("choice `{o}` selects an environment that is not declared"),
                                     Some(suggest(o, &envs)),
                                 );
                             }
@@ -536,16 +462,7 @@ pub fn find_cycle(p: &Pipeline) -> Option<Vec<String>> {
     let edges: BTreeMap<&str, Vec<&str>> = p
         .steps
         .iter()
-        .map(|(n, s)| {
-            (
-                n.as_str(),
-                s.needs
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|d| p.steps.contains(d))
-                    .collect(),
-            )
-        })
+        .map(|(n, s)| (n.as_str(), s.needs.iter().map(String::as_str).filter(|d| p.steps.contains(d)).collect()))
         .collect();
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
@@ -573,8 +490,7 @@ pub fn find_cycle(p: &Pipeline) -> Option<Vec<String>> {
                         }
                         Mark::Active => {
                             let from = stack.iter().position(|(s, _)| *s == n).unwrap_or(0);
-                            let mut cycle: Vec<String> =
-                                stack[from..].iter().map(|(s, _)| s.to_string()).collect();
+                            let mut cycle: Vec<String> = stack[from..].iter().map(|(s, _)| s.to_string()).collect();
                             cycle.push(n.to_string());
                             return Some(cycle);
                         }
@@ -613,11 +529,7 @@ pub fn valid_timezone(tz: &str) -> bool {
     let first = parts.next().unwrap_or("");
     !first.is_empty()
         && tz.contains('/')
-        && tz.split('/').all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c))
-        })
+        && tz.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c)))
 }
 
 /// A cheap structural check of an RFC 3339 timestamp ("2026-12-20T00:00:00+09:00" or "...Z").
@@ -638,10 +550,8 @@ pub fn looks_rfc3339(s: &str) -> bool {
         && digits(17..19)
         && {
             let rest = &s[19..];
-            let rest = rest
-                .strip_prefix('.')
-                .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()))
-                .unwrap_or(rest);
+            let rest =
+                rest.strip_prefix('.').map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit())).unwrap_or(rest);
             rest == "Z" || valid_timezone(rest) && rest.starts_with(['+', '-'])
         }
 }

@@ -67,27 +67,17 @@ impl Graph {
                 let name = if combo.is_empty() {
                     base.clone()
                 } else {
-                    let parts: Vec<String> =
-                        combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let parts: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     format!("{base}[{}]", parts.join(","))
                 };
                 let lookup = |ph: &str| -> Option<String> {
                     if let Some(axis) = ph.strip_prefix("matrix.") {
-                        return combo
-                            .iter()
-                            .find(|(k, _)| k == axis)
-                            .map(|(_, v)| v.clone());
+                        return combo.iter().find(|(k, _)| k == axis).map(|(_, v)| v.clone());
                     }
-                    p.vars
-                        .get(ph)
-                        .cloned()
-                        .or_else(|| (ph == "app").then(|| p.name.clone()))
+                    p.vars.get(ph).cloned().or_else(|| (ph == "app").then(|| p.name.clone()))
                 };
                 let fill = |t: &str| {
-                    render(t, lookup).map_err(|ph| GraphError::Placeholder {
-                        step: name.clone(),
-                        placeholder: ph,
-                    })
+                    render(t, lookup).map_err(|ph| GraphError::Placeholder { step: name.clone(), placeholder: ph })
                 };
                 let run = fill(&step.run)?;
                 let mut env = BTreeMap::new();
@@ -95,10 +85,7 @@ impl Graph {
                     env.insert(k.clone(), fill(v)?);
                 }
                 for (k, v) in &combo {
-                    env.insert(
-                        format!("MATRIX_{}", k.to_ascii_uppercase().replace('-', "_")),
-                        v.clone(),
-                    );
+                    env.insert(format!("MATRIX_{}", k.to_ascii_uppercase().replace('-', "_")), v.clone());
                 }
                 by_base.entry(base.as_str()).or_default().push(nodes.len());
                 nodes.push(Node {
@@ -112,21 +99,17 @@ impl Graph {
                 });
             }
         }
-        for i in 0..nodes.len() {
+        for node in &mut nodes {
             let mut needs = Vec::new();
-            for need in &nodes[i].step.needs {
-                let targets =
-                    by_base
-                        .get(need.as_str())
-                        .ok_or_else(|| GraphError::UnknownNeed {
-                            step: nodes[i].base.clone(),
-                            need: need.clone(),
-                        })?;
+            for need in &node.step.needs {
+                let targets = by_base
+                    .get(need.as_str())
+                    .ok_or_else(|| GraphError::UnknownNeed { step: node.base.clone(), need: need.clone() })?;
                 needs.extend(targets.iter().copied());
             }
             needs.sort_unstable();
             needs.dedup();
-            nodes[i].needs = needs;
+            node.needs = needs;
         }
         topo_sort(nodes)
     }
@@ -142,9 +125,8 @@ impl Graph {
         let mut stack = Vec::new();
         for t in targets {
             let t = t.as_ref();
-            let hits: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].name == t || self.nodes[i].base == t)
-                .collect();
+            let hits: Vec<usize> =
+                (0..self.nodes.len()).filter(|&i| self.nodes[i].name == t || self.nodes[i].base == t).collect();
             if hits.is_empty() {
                 return Err(GraphError::UnknownStep(t.to_string()));
             }
@@ -173,9 +155,7 @@ impl Graph {
                 }
             }
         }
-        (0..self.nodes.len())
-            .filter(|&j| j != i && out[j])
-            .collect()
+        (0..self.nodes.len()).filter(|&j| j != i && out[j]).collect()
     }
 }
 
@@ -184,8 +164,7 @@ fn topo_sort(nodes: Vec<Node>) -> Result<Graph, GraphError> {
     let n = nodes.len();
     let mut indegree: Vec<usize> = nodes.iter().map(|x| x.needs.len()).collect();
     let mut order = Vec::with_capacity(n);
-    let mut ready: std::collections::BTreeSet<usize> =
-        (0..n).filter(|&i| indegree[i] == 0).collect();
+    let mut ready: std::collections::BTreeSet<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
     while let Some(i) = ready.pop_first() {
         order.push(i);
         for (j, node) in nodes.iter().enumerate() {
@@ -198,10 +177,7 @@ fn topo_sort(nodes: Vec<Node>) -> Result<Graph, GraphError> {
         }
     }
     if order.len() != n {
-        let stuck: Vec<String> = (0..n)
-            .filter(|i| !order.contains(i))
-            .map(|i| nodes[i].name.clone())
-            .collect();
+        let stuck: Vec<String> = (0..n).filter(|i| !order.contains(i)).map(|i| nodes[i].name.clone()).collect();
         return Err(GraphError::Cycle(stuck));
     }
     let mut new_index = vec![0; n];

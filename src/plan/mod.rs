@@ -13,6 +13,4 @@ pub mod render;
 pub mod trigger;
 
 pub use graph::{Graph, GraphError, Node};
-pub use trigger::{
-    plan_trigger, EnvPlan, Gate, GateStatus, Phase, RunPlan, TriggerError, TriggerRequest,
-};
+pub use trigger::{plan_trigger, EnvPlan, Gate, GateStatus, Phase, RunPlan, TriggerError, TriggerRequest};

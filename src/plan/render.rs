@@ -16,9 +16,9 @@ fn env_edges(p: &Pipeline) -> Vec<(String, Vec<String>)> {
                     let deploys_here = t.deploy.iter().any(|r| {
                         r.environment == *name
                             || crate::model::placeholders(&r.environment).iter().any(|ph| {
-                                ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(|i| {
-                                    matches!(&i.kind, crate::model::InputType::Choice(o) if o.contains(name))
-                                })
+                                ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(
+                                    |i| matches!(&i.kind, crate::model::InputType::Choice(o) if o.contains(name)),
+                                )
                             })
                     });
                     if deploys_here {
@@ -48,21 +48,9 @@ pub fn mermaid(p: &Pipeline, g: &Graph) -> String {
         }
     }
     for (j, (name, req)) in env_edges(p).iter().enumerate() {
-        let env = p
-            .environments
-            .get(name)
-            .expect("edges come from environments");
-        let regions = if env.regions.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", env.regions.join(" → "))
-        };
-        let _ = writeln!(
-            out,
-            "  e{j}{{{{\"deploy {}{}\"}}}}",
-            quote(name),
-            quote(&regions)
-        );
+        let env = p.environments.get(name).expect("edges come from environments");
+        let regions = if env.regions.is_empty() { String::new() } else { format!(" ({})", env.regions.join(" → ")) };
+        let _ = writeln!(out, "  e{j}{{{{\"deploy {}{}\"}}}}", quote(name), quote(&regions));
         for r in req {
             for (i, n) in g.nodes.iter().enumerate() {
                 if n.base == *r {
@@ -75,10 +63,7 @@ pub fn mermaid(p: &Pipeline, g: &Graph) -> String {
 }
 
 pub fn dot(p: &Pipeline, g: &Graph) -> String {
-    let mut out = format!(
-        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n",
-        quote(&p.name)
-    );
+    let mut out = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];\n", quote(&p.name));
     for (i, n) in g.nodes.iter().enumerate() {
         let _ = writeln!(out, "  s{i} [label=\"{}\"];", quote(&n.name));
     }
@@ -88,11 +73,7 @@ pub fn dot(p: &Pipeline, g: &Graph) -> String {
         }
     }
     for (j, (name, req)) in env_edges(p).iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "  e{j} [label=\"deploy {}\", shape=hexagon];",
-            quote(name)
-        );
+        let _ = writeln!(out, "  e{j} [label=\"deploy {}\", shape=hexagon];", quote(name));
         for r in req {
             for (i, n) in g.nodes.iter().enumerate() {
                 if n.base == *r {
@@ -116,10 +97,7 @@ pub fn text(p: &Pipeline, g: &Graph) -> String {
         out.push('\n');
     }
     for (name, req) in env_edges(p) {
-        let env = p
-            .environments
-            .get(&name)
-            .expect("edges come from environments");
+        let env = p.environments.get(&name).expect("edges come from environments");
         let _ = write!(out, "  deploy {name}");
         if !env.regions.is_empty() {
             let _ = write!(out, " [{}]", env.regions.join(" → "));

@@ -2,9 +2,7 @@
 //! deploy phases and gates. Pure: the branch and manual inputs come in as values.
 
 use super::graph::{Graph, GraphError};
-use crate::model::{
-    render, Environment, Event, InputType, MigrationPhase, Pipeline, Probe, Strategy,
-};
+use crate::model::{render, Environment, Event, InputType, MigrationPhase, Pipeline, Probe, Strategy};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -82,19 +80,9 @@ pub struct Gate {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Phase {
-    Migration {
-        command: String,
-    },
-    Deploy {
-        region: Option<String>,
-        wave: String,
-        command: String,
-        health: Option<String>,
-        bake: Option<String>,
-    },
-    Switch {
-        command: String,
-    },
+    Migration { command: String },
+    Deploy { region: Option<String>, wave: String, command: String, health: Option<String>, bake: Option<String> },
+    Switch { command: String },
 }
 
 /// Shell-style glob match of a branch name (`*` matches within a segment, `**` across).
@@ -121,10 +109,7 @@ fn resolve_inputs(
             let known: Vec<&str> = declared.names().collect();
             return Err(TriggerError::Input {
                 name: name.clone(),
-                problem: format!(
-                    "not an input of this trigger; {}",
-                    crate::model::suggest(name, &known)
-                ),
+                problem: format!("not an input of this trigger; {}", crate::model::suggest(name, &known)),
             });
         }
     }
@@ -151,10 +136,7 @@ fn resolve_inputs(
                 InputType::Choice(o) => format!("one of {}", o.join(", ")),
                 InputType::String => unreachable!("strings always parse"),
             };
-            return Err(TriggerError::Input {
-                name: name.clone(),
-                problem: format!("`{value}` is not {want}"),
-            });
+            return Err(TriggerError::Input { name: name.clone(), problem: format!("`{value}` is not {want}") });
         }
         out.insert(format!("inputs.{name}"), value);
     }
@@ -162,18 +144,16 @@ fn resolve_inputs(
 }
 
 /// Plan what `req` runs.
-pub fn plan_trigger(
-    p: &Pipeline,
-    graph: &Graph,
-    req: &TriggerRequest,
-) -> Result<RunPlan, TriggerError> {
+pub fn plan_trigger(p: &Pipeline, graph: &Graph, req: &TriggerRequest) -> Result<RunPlan, TriggerError> {
     if req.event != Event::Manual && req.branch.is_none() {
         return Err(TriggerError::BranchNeeded(req.event.as_str()));
     }
     let branch = req.branch.as_deref();
-    let found = p.triggers.iter().enumerate().find(|(_, t)| {
-        t.on == req.event && (req.event == Event::Manual || any_branch(&t.branches, branch))
-    });
+    let found = p
+        .triggers
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.on == req.event && (req.event == Event::Manual || any_branch(&t.branches, branch)));
     let Some((ti, trigger)) = found else {
         return Ok(RunPlan {
             event: req.event.as_str(),
@@ -192,16 +172,9 @@ pub fn plan_trigger(
         (Some(_), None) => false,
     });
     if let Some(rule) = rule {
-        let env_name = render(&rule.environment, |k| inputs.get(k).cloned()).map_err(|k| {
-            TriggerError::Input {
-                name: k,
-                problem: "not defined".into(),
-            }
-        })?;
-        let env = p
-            .environments
-            .get(&env_name)
-            .ok_or_else(|| TriggerError::UnknownEnvironment(env_name.clone()))?;
+        let env_name = render(&rule.environment, |k| inputs.get(k).cloned())
+            .map_err(|k| TriggerError::Input { name: k, problem: "not defined".into() })?;
+        let env = p.environments.get(&env_name).ok_or_else(|| TriggerError::UnknownEnvironment(env_name.clone()))?;
         let mut requires = env.requires.clone();
         if requires.is_empty() {
             requires = trigger.run.clone();
@@ -210,13 +183,7 @@ pub fn plan_trigger(
         environments.push(plan_environment(p, &env_name, env, requires, branch));
     }
     let steps = graph.closure(&targets)?;
-    Ok(RunPlan {
-        event: req.event.as_str(),
-        branch: req.branch.clone(),
-        trigger: Some(ti),
-        steps,
-        environments,
-    })
+    Ok(RunPlan { event: req.event.as_str(), branch: req.branch.clone(), trigger: Some(ti), steps, environments })
 }
 
 /// The placeholders an environment's templates see, without `{region}`.
@@ -231,12 +198,7 @@ pub fn env_vars(p: &Pipeline, name: &str, env: &Environment) -> BTreeMap<String,
 }
 
 /// Render a template with environment vars, an optional region and the release name.
-pub fn render_env(
-    template: &str,
-    vars: &BTreeMap<String, String>,
-    region: Option<&str>,
-    release: &str,
-) -> String {
+pub fn render_env(template: &str, vars: &BTreeMap<String, String>, region: Option<&str>, release: &str) -> String {
     render(template, |k| match k {
         "region" => region.map(String::from),
         "release" => Some(release.to_string()),
@@ -260,36 +222,23 @@ pub fn plan_environment(
         let open = any_branch(&env.branches, branch);
         gates.push(Gate {
             kind: "branch",
-            status: if open {
-                GateStatus::Open
-            } else {
-                GateStatus::Closed
-            },
+            status: if open { GateStatus::Open } else { GateStatus::Closed },
             detail: format!(
                 "deploys only from {}; this run is on {}",
                 env.branches.join(", "),
-                branch
-                    .map(|b| format!("`{b}`"))
-                    .unwrap_or_else(|| "no branch".into())
+                branch.map(|b| format!("`{b}`")).unwrap_or_else(|| "no branch".into())
             ),
         });
     }
     if let Some(a) = &env.approval {
-        let expires = a
-            .expires
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "24h".into());
+        let expires = a.expires.map(|d| d.to_string()).unwrap_or_else(|| "24h".into());
         gates.push(Gate {
             kind: "approval",
             status: GateStatus::Pending,
             detail: format!(
                 "needs an approval from one of {} for this release (valid {expires}{})",
                 a.reviewers.join(", "),
-                if a.allow_self_approval {
-                    ""
-                } else {
-                    "; no self-approval"
-                }
+                if a.allow_self_approval { "" } else { "; no self-approval" }
             ),
         });
     }
@@ -331,16 +280,11 @@ pub fn plan_environment(
     });
     if let (Some(m), Some(mp)) = (&env.migration, &migration) {
         if m.phase == MigrationPhase::BeforeFirst {
-            phases.push(Phase::Migration {
-                command: mp.command.clone(),
-            });
+            phases.push(Phase::Migration { command: mp.command.clone() });
         }
     }
-    let regions: Vec<Option<&str>> = if env.regions.is_empty() {
-        vec![None]
-    } else {
-        env.regions.iter().map(|r| Some(r.as_str())).collect()
-    };
+    let regions: Vec<Option<&str>> =
+        if env.regions.is_empty() { vec![None] } else { env.regions.iter().map(|r| Some(r.as_str())).collect() };
     match &env.strategy {
         Strategy::Rolling => {
             for r in &regions {
@@ -367,16 +311,12 @@ pub fn plan_environment(
             for r in &regions {
                 phases.push(deploy_phase(*r, "green"));
             }
-            phases.push(Phase::Switch {
-                command: render_env(&bg.switch, &vars, regions[0], release),
-            });
+            phases.push(Phase::Switch { command: render_env(&bg.switch, &vars, regions[0], release) });
         }
     }
     if let (Some(m), Some(mp)) = (&env.migration, &migration) {
         if m.phase == MigrationPhase::AfterAll {
-            phases.push(Phase::Migration {
-                command: mp.command.clone(),
-            });
+            phases.push(Phase::Migration { command: mp.command.clone() });
         }
     }
     EnvPlan {

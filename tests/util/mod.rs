@@ -1,0 +1,101 @@
+//! A test builder: a temporary project with files and a pipeline, and a way to run cairn in it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    pub fn code(self, want: i32) -> Run {
+        assert_eq!(self.code, want, "unexpected exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+pub fn cairn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Project::new()
+    }
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project { dir: tempfile::tempdir().expect("tempdir"), env: Vec::new() }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(self, rel: &str, content: &str) -> Project {
+        self.write(rel, content);
+        self
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(rel)).unwrap()
+    }
+
+    pub fn pipeline(self, content: &str) -> Project {
+        self.file("pipelines/test.ron", content)
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Project {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(cairn_bin());
+        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env_remove("CAIRN_CACHE_DIR");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        to_run(cmd.output().expect("run cairn"))
+    }
+}
+
+pub fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run cairn in the repository itself (for the shipped pipelines).
+pub fn in_repo(args: &[&str]) -> Run {
+    to_run(Command::new(cairn_bin()).args(args).current_dir(repo_root()).output().expect("run cairn"))
+}
