@@ -34,8 +34,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
-    /// Show what a trigger would run: steps in order and each environment's deploy phases.
+    /// Show what a trigger would run: steps in order, each hit or will-run and why, and each
+    /// environment's deploy phases.
     Plan(PlanArgs),
+    /// Run steps (default: all) and their dependencies; unchanged steps are restored from the store.
+    Build(BuildArgs),
+    /// Inspect and maintain the local store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,6 +73,11 @@ impl From<EventArg> for crate::model::Event {
 pub struct PlanArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Don't look at the store (no toolchain probes, no input hashing).
+    #[arg(long)]
+    pub no_cache_state: bool,
     /// The event to plan for.
     #[arg(long, value_enum)]
     pub event: EventArg,
@@ -79,4 +90,74 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArg {
+    /// The local store (default: `cache/` beside `pipelines/`).
+    #[arg(long = "cache-dir", env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Steps to run, with everything they need (default: every step).
+    /// A matrix step's name selects all its expansions.
+    pub steps: Vec<String>,
+    /// How many steps may run at once (default: the number of cores).
+    #[arg(short = 'j', long = "jobs")]
+    pub jobs: Option<usize>,
+    /// Keep running independent steps after one failed.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Run this step even if its result is stored (repeatable).
+    #[arg(long = "force", value_name = "STEP")]
+    pub force: Vec<String>,
+    /// Don't stream step output (the stored logs keep it).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Entries, sizes, hit counts.
+    Stats {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Evict least recently used entries above a size cap; remove orphans.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The cap, e.g. 10GiB, 500MB (default: the pipeline's `cache.max_size`, else 10GiB).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Pipeline whose `cache.max_size` applies.
+        #[arg(short = 'p', long = "pipeline", value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Show what would go, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash every blob; drop and report corrupt entries.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Pin the current entries of steps (never evicted), or unpin them.
+    Pin {
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Steps whose current entries to pin.
+        #[arg(required = true)]
+        steps: Vec<String>,
+        #[arg(long)]
+        unpin: bool,
+    },
 }

@@ -8,16 +8,24 @@
 //! cli      clap declarations     no I/O
 //! commands one file per command  load → plan → execute → report; the only caller of effects
 //! model    PURE                  the RON schema, parsing, validation with located diagnostics
-//! plan     PURE                  step graph, trigger plans, deploy phases, drawings
+//! plan     PURE                  step graph, keys and dirty reasons, trigger plans, drawings
+//! inputs   effects               walking the tree, globs, hashing, the stat cache
+//! cache    effects               the local store: SQLite index (sole owner) + blobs, archives
+//! exec     effects               toolchain probes, secrets, processes, the dispatcher
+//! report   pure over summaries   run summary, terminal table, JSON
 //! ```
 //! `model` and `plan` never import `std::fs`, `std::process`, the network or the store: what
 //! they need from the world is passed in as values.
 
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod exec;
+pub mod inputs;
 pub mod model;
 pub mod plan;
+pub mod report;
 
 use clap::Parser;
 pub use error::{exit, Error};
@@ -46,5 +54,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Check(p) => commands::check::run(&p),
         Command::Graph { pipeline, format } => commands::graph::run(&pipeline, format),
         Command::Plan(args) => commands::plan::run(&args),
+        Command::Build(args) => commands::build::run(&args),
+        Command::Cache(cmd) => commands::cache::run(&cmd),
     }
 }

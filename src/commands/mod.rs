@@ -1,6 +1,8 @@
 //! One module per subcommand: load → plan → (execute) → report. Only this layer and the
 //! effect layers below it touch files; `model/` and `plan/` stay pure.
 
+pub mod build;
+pub mod cache;
 pub mod check;
 pub mod graph;
 pub mod plan;
@@ -21,4 +23,55 @@ pub fn load_pipeline(path: &Path) -> Result<Pipeline, Error> {
         source,
     })?;
     crate::model::load(&path.display().to_string(), &bytes).map_err(Error::Pipeline)
+}
+
+/// The project root of a pipeline: the directory holding `pipelines/`, or the file's own
+/// directory when it is not in a `pipelines/` folder.
+pub fn project_root(pipeline: &Path) -> std::path::PathBuf {
+    let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
+    let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into());
+    let root = if dir.file_name().is_some_and(|n| n == "pipelines") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    };
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Open the store: `--cache-dir` / `CAIRN_CACHE_DIR`, else `cache/` in the project root.
+pub fn open_store(arg: &crate::cli::StoreArg, root: &Path) -> Result<(crate::cache::Store, std::path::PathBuf), Error> {
+    let dir = arg.cache_dir.clone().unwrap_or_else(|| root.join("cache"));
+    let store = crate::cache::Store::open(&dir).map_err(|e| {
+        Error::Io(format!(
+            "error: cannot open the store at {}: {e}\n  hint: check the directory is writable, or pass --cache-dir",
+            dir.display()
+        ))
+    })?;
+    Ok((store, dir))
+}
+
+/// "10GiB", "500MB", "123" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 =
+        num.parse().map_err(|_| Error::Usage(format!("error: `{s}` is not a size; write it like 10GiB or 500MB")))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        u => {
+            return Err(Error::Usage(format!(
+                "error: unknown size unit `{u}` in `{s}`; use B, KB, KiB, MB, MiB, GB, GiB"
+            )))
+        }
+    };
+    Ok((n * mult) as u64)
 }

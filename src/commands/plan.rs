@@ -1,11 +1,88 @@
 //! `cairn plan`: what a trigger would run.
 
-use super::load_pipeline;
+use super::{load_pipeline, open_store, project_root};
+use crate::cache::{Lookup, Store};
 use crate::cli::PlanArgs;
 use crate::error::Error;
+use crate::exec::{why_missed, Prepared};
+use crate::plan::key::{DirtyReason, Upstream};
 use crate::plan::{plan_trigger, Graph, Phase, RunPlan, TriggerRequest};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// What the store says about a step before the run.
+#[derive(Debug, Clone)]
+pub struct StepState {
+    /// `None` when an upstream step will run, so the key is not known yet.
+    pub key: Option<String>,
+    pub hit: bool,
+    pub reasons: Vec<DirtyReason>,
+    contribution: Option<Upstream>,
+}
+
+/// Predict hit or will-run for each selected node, in topological order.
+pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store) -> BTreeMap<usize, StepState> {
+    let mut out: BTreeMap<usize, StepState> = BTreeMap::new();
+    for &i in selected {
+        let n = &g.nodes[i];
+        let mut manifest = prepared.manifests[&i].clone();
+        let mut unknown = None;
+        for &d in &n.needs {
+            match out.get(&d).and_then(|s| s.contribution.clone()) {
+                Some(c) => {
+                    manifest.upstream.insert(g.nodes[d].name.clone(), c);
+                }
+                None => unknown = unknown.or(Some(g.nodes[d].name.clone())),
+            }
+        }
+        if let Some(step) = unknown {
+            out.insert(
+                i,
+                StepState {
+                    key: None,
+                    hit: false,
+                    reasons: vec![DirtyReason::UpstreamWillRun { step }],
+                    contribution: None,
+                },
+            );
+            continue;
+        }
+        let key = manifest.key();
+        if !n.step.cache {
+            out.insert(
+                i,
+                StepState { key: Some(key), hit: false, reasons: vec![DirtyReason::NotCacheable], contribution: None },
+            );
+            continue;
+        }
+        let state = match store.lookup(&n.name, manifest.clone()) {
+            Ok(Lookup::Hit(e)) => {
+                let c = if n.step.outputs.is_empty() {
+                    Upstream::Key(key.clone())
+                } else {
+                    Upstream::Outputs(e.outputs_digest)
+                };
+                StepState { key: Some(key), hit: true, reasons: vec![], contribution: Some(c) }
+            }
+            Ok(Lookup::Miss(_, evicted)) => {
+                let reasons = match evicted {
+                    Some(why) if why.starts_with("corrupt") => vec![DirtyReason::Corrupt { detail: why }],
+                    Some(_) => vec![DirtyReason::Evicted],
+                    None => why_missed(store, &n.name, &key, &manifest),
+                };
+                StepState { key: Some(key), hit: false, reasons, contribution: None }
+            }
+            Err(e) => StepState {
+                key: Some(key),
+                hit: false,
+                reasons: vec![DirtyReason::Corrupt { detail: e.to_string() }],
+                contribution: None,
+            },
+        };
+        out.insert(i, state);
+    }
+    out
+}
 
 pub fn run(args: &PlanArgs) -> Result<(), Error> {
     let p = load_pipeline(&args.pipeline.pipeline)?;
@@ -18,15 +95,51 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     }
     let req = TriggerRequest { event: args.event.into(), branch: args.branch.clone(), inputs };
     let plan = plan_trigger(&p, &g, &req)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&plan, &g)).expect("plans serialise"));
+    let states = if args.no_cache_state || plan.steps.is_empty() {
+        BTreeMap::new()
     } else {
-        print!("{}", to_text(&plan, &g));
+        let root = project_root(&args.pipeline.pipeline);
+        let (store, cache_dir) = open_store(&args.store, &root)?;
+        match crate::exec::prepare(&p, &g, &plan.steps, &root, &store, &cache_dir, 2) {
+            Ok(prepared) => predict(&g, &plan.steps, &prepared, &store),
+            Err(e) => {
+                eprintln!("warning: cache state unknown: {e}");
+                BTreeMap::new()
+            }
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&plan, &g, &states)).expect("plans serialise"));
+    } else {
+        print!("{}", to_text(&plan, &g, &states));
     }
     Ok(())
 }
 
-pub fn to_json(plan: &RunPlan, g: &Graph) -> serde_json::Value {
+fn state_json(s: Option<&StepState>) -> serde_json::Value {
+    match s {
+        None => serde_json::json!({"cache": "unknown"}),
+        Some(s) => serde_json::json!({
+            "cache": if s.hit { "hit" } else { "will-run" },
+            "key": s.key,
+            "reasons": s.reasons.iter().map(|r| serde_json::json!({"code": r.code(), "detail": r.describe()})).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn state_text(s: Option<&StepState>) -> String {
+    match s {
+        None => String::new(),
+        Some(s) if s.hit => "  [hit]".into(),
+        Some(s) => {
+            let why: Vec<String> = s.reasons.iter().take(3).map(|r| r.describe()).collect();
+            let more = if s.reasons.len() > 3 { format!(" (+{} more)", s.reasons.len() - 3) } else { String::new() };
+            format!("  [will run: {}{more}]", why.join("; "))
+        }
+    }
+}
+
+pub fn to_json(plan: &RunPlan, g: &Graph, states: &BTreeMap<usize, StepState>) -> serde_json::Value {
     let steps: Vec<serde_json::Value> = plan
         .steps
         .iter()
@@ -38,7 +151,8 @@ pub fn to_json(plan: &RunPlan, g: &Graph) -> serde_json::Value {
                 "matrix": n.matrix.iter().cloned().collect::<BTreeMap<_, _>>(),
                 "run": n.run,
                 "needs": n.needs.iter().map(|&d| g.nodes[d].name.clone()).collect::<Vec<_>>(),
-                "cache": n.step.cache,
+                "cacheable": n.step.cache,
+                "state": state_json(states.get(&i)),
             })
         })
         .collect();
@@ -51,7 +165,7 @@ pub fn to_json(plan: &RunPlan, g: &Graph) -> serde_json::Value {
     })
 }
 
-pub fn to_text(plan: &RunPlan, g: &Graph) -> String {
+pub fn to_text(plan: &RunPlan, g: &Graph, states: &BTreeMap<usize, StepState>) -> String {
     let mut o = String::new();
     let on = plan.branch.as_deref().map(|b| format!(" on `{b}`")).unwrap_or_default();
     let Some(t) = plan.trigger else {
@@ -69,6 +183,7 @@ pub fn to_text(plan: &RunPlan, g: &Graph) -> String {
         if !n.step.cache {
             o.push_str("  (never cached)");
         }
+        o.push_str(&state_text(states.get(&i)));
         o.push('\n');
     }
     if plan.environments.is_empty() {

@@ -9,6 +9,7 @@
 //! - [`render`]: Mermaid, DOT and text drawings of the graph.
 
 pub mod graph;
+pub mod key;
 pub mod render;
 pub mod trigger;
 

@@ -1,0 +1,323 @@
+//! The SQLite index of the local store. This is the only module that imports rusqlite.
+//!
+//! WAL mode with a busy timeout, so concurrent cairn processes sharing one store wait for
+//! each other instead of failing. Migrations are append-only, keyed on `PRAGMA user_version`:
+//! never edit a shipped migration, add a new one.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::inputs::StatEntry;
+
+/// Append-only: index `i` migrates from user_version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: entries, eviction memory, the stat cache, run history.
+    "CREATE TABLE entries (
+        key TEXT PRIMARY KEY,
+        step TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        outputs_digest TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        blob_size INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        pinned INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX entries_step ON entries(step, created_at);
+    CREATE INDEX entries_lru ON entries(last_used);
+    CREATE TABLE evicted (key TEXT PRIMARY KEY, step TEXT NOT NULL, at INTEGER NOT NULL, why TEXT NOT NULL);
+    CREATE TABLE stat_cache (
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        exec INTEGER NOT NULL,
+        digest TEXT NOT NULL,
+        recorded_ns INTEGER NOT NULL,
+        PRIMARY KEY (root, path)
+    );
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        started_at INTEGER NOT NULL,
+        pipeline TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );",
+];
+
+/// One row of `entries`.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: String,
+    pub step: String,
+    pub blob: String,
+    pub outputs_digest: String,
+    pub manifest: String,
+    pub duration_ms: u64,
+    pub blob_size: u64,
+    pub created_at: i64,
+    pub last_used: i64,
+    pub pinned: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store index {context}: {source}")]
+pub struct IndexError {
+    context: String,
+    source: rusqlite::Error,
+}
+
+fn ctx(context: &str) -> impl FnOnce(rusqlite::Error) -> IndexError + '_ {
+    move |source| IndexError { context: context.to_string(), source }
+}
+
+pub struct Index {
+    conn: Connection,
+}
+
+const COLUMNS: &str =
+    "key, step, blob, outputs_digest, manifest, duration_ms, blob_size, created_at, last_used, pinned";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+    Ok(Row {
+        key: r.get(0)?,
+        step: r.get(1)?,
+        blob: r.get(2)?,
+        outputs_digest: r.get(3)?,
+        manifest: r.get(4)?,
+        duration_ms: r.get::<_, i64>(5)? as u64,
+        blob_size: r.get::<_, i64>(6)? as u64,
+        created_at: r.get(7)?,
+        last_used: r.get(8)?,
+        pinned: r.get::<_, i64>(9)? != 0,
+    })
+}
+
+impl Index {
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let conn = Connection::open(path).map_err(ctx("open"))?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(ctx("busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(ctx("WAL"))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(ctx("synchronous"))?;
+        let mut idx = Index { conn };
+        idx.migrate()?;
+        Ok(idx)
+    }
+
+    fn migrate(&mut self) -> Result<(), IndexError> {
+        let tx =
+            self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(ctx("migrate"))?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("read version"))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(IndexError {
+                context: format!("was written by a newer cairn (schema {version})"),
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m).map_err(ctx("migration"))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(ctx("set version"))?;
+        }
+        tx.commit().map_err(ctx("commit migration"))
+    }
+
+    pub fn schema_version(&self) -> i64 {
+        self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap_or(-1)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Row>, IndexError> {
+        self.conn
+            .query_row(&format!("SELECT {COLUMNS} FROM entries WHERE key = ?1"), [key], row)
+            .optional()
+            .map_err(ctx("lookup"))
+    }
+
+    /// The newest entry of a step other than `except_key`.
+    pub fn latest_for_step(&self, step: &str, except_key: &str) -> Result<Option<Row>, IndexError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM entries WHERE step = ?1 AND key != ?2 ORDER BY created_at DESC, rowid DESC LIMIT 1"
+                ),
+                [step, except_key],
+                row,
+            )
+            .optional()
+            .map_err(ctx("lookup by step"))
+    }
+
+    pub fn insert(&self, r: &Row) -> Result<(), IndexError> {
+        self.conn
+            .execute(
+                &format!("INSERT OR REPLACE INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    r.key,
+                    r.step,
+                    r.blob,
+                    r.outputs_digest,
+                    r.manifest,
+                    r.duration_ms as i64,
+                    r.blob_size as i64,
+                    r.created_at,
+                    r.last_used,
+                    r.pinned as i64
+                ],
+            )
+            .map_err(ctx("insert"))?;
+        self.conn.execute("DELETE FROM evicted WHERE key = ?1", [&r.key]).map_err(ctx("insert"))?;
+        Ok(())
+    }
+
+    pub fn touch(&self, key: &str, now: i64) -> Result<(), IndexError> {
+        self.conn
+            .execute("UPDATE entries SET last_used = ?2 WHERE key = ?1", params![key, now])
+            .map_err(ctx("touch"))?;
+        Ok(())
+    }
+
+    /// Remove an entry, remembering why (so a later miss can say "evicted").
+    pub fn remove(&self, key: &str, why: &str, now: i64) -> Result<Option<Row>, IndexError> {
+        let old = self.get(key)?;
+        if let Some(r) = &old {
+            self.conn.execute("DELETE FROM entries WHERE key = ?1", [key]).map_err(ctx("remove"))?;
+            self.conn
+                .execute(
+                    "INSERT OR REPLACE INTO evicted (key, step, at, why) VALUES (?1, ?2, ?3, ?4)",
+                    params![key, r.step, now, why],
+                )
+                .map_err(ctx("remove"))?;
+        }
+        Ok(old)
+    }
+
+    pub fn eviction(&self, key: &str) -> Result<Option<String>, IndexError> {
+        self.conn
+            .query_row("SELECT why FROM evicted WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(ctx("eviction"))
+    }
+
+    pub fn all(&self) -> Result<Vec<Row>, IndexError> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM entries ORDER BY last_used ASC, rowid ASC"))
+            .map_err(ctx("list"))?;
+        let rows = st.query_map([], row).map_err(ctx("list"))?.collect::<Result<Vec<_>, _>>().map_err(ctx("list"));
+        rows
+    }
+
+    pub fn blob_refs(&self, blob: &str) -> Result<u64, IndexError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM entries WHERE blob = ?1", [blob], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(ctx("count"))
+    }
+
+    pub fn set_pinned(&self, key: &str, pinned: bool) -> Result<bool, IndexError> {
+        let n = self
+            .conn
+            .execute("UPDATE entries SET pinned = ?2 WHERE key = ?1", params![key, pinned as i64])
+            .map_err(ctx("pin"))?;
+        Ok(n > 0)
+    }
+
+    pub fn load_stat_cache(&self, root: &str) -> Result<HashMap<String, StatEntry>, IndexError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT path, size, mtime_ns, ctime_ns, ino, exec, digest, recorded_ns FROM stat_cache WHERE root = ?1",
+            )
+            .map_err(ctx("stat cache"))?;
+        let rows = st
+            .query_map([root], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    StatEntry {
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        ctime_ns: r.get(3)?,
+                        ino: r.get::<_, i64>(4)? as u64,
+                        exec: r.get::<_, i64>(5)? != 0,
+                        digest: r.get(6)?,
+                        recorded_ns: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(ctx("stat cache"))?;
+        rows.collect::<Result<HashMap<_, _>, _>>().map_err(ctx("stat cache"))
+    }
+
+    pub fn save_stat_cache(&mut self, root: &str, rows: &[(String, StatEntry)]) -> Result<(), IndexError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction().map_err(ctx("stat cache"))?;
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT OR REPLACE INTO stat_cache (root, path, size, mtime_ns, ctime_ns, ino, exec, digest, recorded_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(ctx("stat cache"))?;
+            for (path, e) in rows {
+                st.execute(params![
+                    root,
+                    path,
+                    e.size as i64,
+                    e.mtime_ns,
+                    e.ctime_ns,
+                    e.ino as i64,
+                    e.exec as i64,
+                    e.digest,
+                    e.recorded_ns
+                ])
+                .map_err(ctx("stat cache"))?;
+            }
+        }
+        tx.commit().map_err(ctx("stat cache"))
+    }
+
+    pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), IndexError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO runs (id, started_at, pipeline, summary) VALUES (?1, ?2, ?3, ?4)",
+                params![id, started_at, pipeline, summary],
+            )
+            .map_err(ctx("save run"))?;
+        Ok(())
+    }
+
+    /// The newest `limit` run summaries, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<(String, String)>, IndexError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, summary FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1")
+            .map_err(ctx("runs"))?;
+        let rows = st
+            .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(ctx("runs"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx("runs"));
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("index.sqlite");
+        let a = Index::open(&p).unwrap();
+        assert_eq!(a.schema_version(), MIGRATIONS.len() as i64);
+        drop(a);
+        let b = Index::open(&p).unwrap();
+        assert_eq!(b.schema_version(), MIGRATIONS.len() as i64);
+    }
+}

@@ -1,0 +1,373 @@
+//! The local store: a SQLite index plus content-addressed blobs, under `cache/` by default.
+//!
+//! ```text
+//! cache/index.sqlite                   entries, eviction memory, stat cache, run history
+//! cache/blobs/<2 hex>/<blake3>.tar.zst one archive per distinct (outputs + logs)
+//! cache/tmp/                           archives being written; garbage after a crash
+//! ```
+//!
+//! # Invariants
+//! - **Record only after success, enforced by types**: [`Store::lookup`] returns
+//!   [`Lookup::Hit`] or [`Lookup::Miss`] holding a [`Pending`]; only [`Pending::commit`]
+//!   creates an entry, and the executor calls it only after the step succeeded with every
+//!   declared output present.
+//! - **Crash-safe publish**: the archive is written to `tmp/`, fsynced, renamed to its
+//!   content address, the blob directory fsynced, and only then the index row inserted. A
+//!   crash at any point leaves either no row, or a row whose blob is complete.
+//! - **Verified restore**: the blob's digest is checked while it is extracted into staging;
+//!   a missing or corrupt blob drops the entry and counts as a miss with that reason.
+
+pub mod archive;
+pub mod index;
+
+use crate::plan::key::KeyManifest;
+use archive::{ArchiveError, Limits, Packed, Unpacked};
+use index::{Index, IndexError, Row};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+pub use crate::inputs::StatEntry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("store at {}: {context}: {source}", dir.display())]
+    Io { dir: PathBuf, context: String, source: std::io::Error },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// A stored entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub step: String,
+    pub blob: String,
+    pub outputs_digest: String,
+    pub manifest: Option<KeyManifest>,
+    pub duration_ms: u64,
+    pub blob_size: u64,
+    pub created_at: i64,
+    pub last_used: i64,
+    pub pinned: bool,
+}
+
+impl From<Row> for Entry {
+    fn from(r: Row) -> Entry {
+        Entry {
+            manifest: serde_json::from_str(&r.manifest).ok(),
+            key: r.key,
+            step: r.step,
+            blob: r.blob,
+            outputs_digest: r.outputs_digest,
+            duration_ms: r.duration_ms,
+            blob_size: r.blob_size,
+            created_at: r.created_at,
+            last_used: r.last_used,
+            pinned: r.pinned,
+        }
+    }
+}
+
+/// The result of a lookup.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Entry),
+    /// `evicted` is set when the key had an entry that garbage collection (or verification)
+    /// removed: the reason says so.
+    Miss(Pending, Option<String>),
+}
+
+/// A key that missed; the only way to create an entry for it.
+#[derive(Debug)]
+pub struct Pending {
+    pub key: String,
+    pub step: String,
+    pub manifest: KeyManifest,
+}
+
+/// What a restore produced.
+#[derive(Debug)]
+pub struct Restored {
+    pub unpacked: Unpacked,
+    pub bytes: u64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    index: Mutex<Index>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let io = |context: &str| {
+            let dir = dir.to_path_buf();
+            let context = context.to_string();
+            move |source| StoreError::Io { dir, context, source }
+        };
+        fs::create_dir_all(dir.join("blobs")).map_err(io("creating the store"))?;
+        fs::create_dir_all(dir.join("tmp")).map_err(io("creating the store"))?;
+        let index = Index::open(&dir.join("index.sqlite"))?;
+        Ok(Store { dir: dir.to_path_buf(), index: Mutex::new(index) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let shard = digest.get(..2).unwrap_or("00");
+        self.dir.join("blobs").join(shard).join(format!("{digest}.tar.zst"))
+    }
+
+    pub fn lookup(&self, step: &str, manifest: KeyManifest) -> Result<Lookup, StoreError> {
+        let key = manifest.key();
+        let idx = self.index();
+        if let Some(row) = idx.get(&key)? {
+            return Ok(Lookup::Hit(row.into()));
+        }
+        let evicted = idx.eviction(&key)?;
+        Ok(Lookup::Miss(Pending { key, step: step.to_string(), manifest }, evicted))
+    }
+
+    /// A pending entry for a key that is stored already but is re-run on request (`--force`);
+    /// committing it replaces the entry.
+    pub fn pending_forced(&self, step: &str, manifest: KeyManifest) -> Pending {
+        Pending { key: manifest.key(), step: step.to_string(), manifest }
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.index().get(key)?.map(Entry::from))
+    }
+
+    /// The newest entry of `step` other than `except_key`, for "why did this miss".
+    pub fn latest_for_step(&self, step: &str, except_key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.index().latest_for_step(step, except_key)?.map(Entry::from))
+    }
+
+    /// Restore an entry's outputs into `root` transactionally; returns its logs.
+    ///
+    /// On a missing or corrupt blob the entry is dropped and the error says so; the caller
+    /// treats it as a miss.
+    pub fn restore(&self, entry: &Entry, root: &Path, outputs: &[String]) -> Result<Restored, StoreError> {
+        let blob = self.blob_path(&entry.blob);
+        let work = root.join(".cairn-tmp");
+        let staging = work.join(format!("restore-{}", archive::unique()));
+        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default())
+            .and_then(|u| archive::install(&staging, root, outputs, &work).map(|()| u));
+        let _ = archive::remove_any(&staging);
+        let _ = fs::remove_dir(&work);
+        match result {
+            Ok(unpacked) => {
+                self.index().touch(&entry.key, now_ms())?;
+                let bytes = unpacked.bytes;
+                Ok(Restored { unpacked, bytes })
+            }
+            Err(e) => {
+                if matches!(e, ArchiveError::Digest { .. } | ArchiveError::Unsafe { .. })
+                    || matches!(&e, ArchiveError::Io { context, source } if context.starts_with("opening blob") && source.kind() == std::io::ErrorKind::NotFound)
+                {
+                    self.drop_entry(&entry.key, &format!("corrupt: {e}"))?;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Remove an entry (and its blob when no other entry uses it).
+    pub fn drop_entry(&self, key: &str, why: &str) -> Result<(), StoreError> {
+        let idx = self.index();
+        if let Some(row) = idx.remove(key, why, now_ms())? {
+            if idx.blob_refs(&row.blob)? == 0 {
+                let _ = fs::remove_file(self.blob_path(&row.blob));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes and counts.
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.index().all()?.into_iter().map(Entry::from).collect())
+    }
+
+    pub fn set_pinned(&self, key: &str, pinned: bool) -> Result<bool, StoreError> {
+        Ok(self.index().set_pinned(key, pinned)?)
+    }
+
+    pub fn load_stat_cache(&self, root: &str) -> Result<std::collections::HashMap<String, StatEntry>, StoreError> {
+        Ok(self.index().load_stat_cache(root)?)
+    }
+
+    pub fn save_stat_cache(&self, root: &str, rows: &[(String, StatEntry)]) -> Result<(), StoreError> {
+        Ok(self.index().save_stat_cache(root, rows)?)
+    }
+
+    pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), StoreError> {
+        Ok(self.index().save_run(id, started_at, pipeline, summary)?)
+    }
+
+    pub fn runs(&self, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self.index().runs(limit)?)
+    }
+
+    /// Garbage collection: evict least recently used, unpinned entries until the store is
+    /// under `max_bytes`; remove blobs no entry references and leftovers in `tmp/`.
+    pub fn gc(&self, max_bytes: u64, dry_run: bool) -> Result<GcReport, StoreError> {
+        let mut report = GcReport::default();
+        let entries = self.entries()?;
+        let mut blob_sizes: std::collections::BTreeMap<String, u64> = Default::default();
+        for e in &entries {
+            blob_sizes.insert(e.blob.clone(), e.blob_size);
+        }
+        let mut total: u64 = blob_sizes.values().sum();
+        report.before_bytes = total;
+        let mut live_refs: std::collections::BTreeMap<String, usize> = Default::default();
+        for e in &entries {
+            *live_refs.entry(e.blob.clone()).or_default() += 1;
+        }
+        for e in &entries {
+            if total <= max_bytes {
+                break;
+            }
+            if e.pinned {
+                continue;
+            }
+            report.evicted.push((e.step.clone(), e.key.clone(), e.blob_size));
+            let refs = live_refs.get_mut(&e.blob).expect("counted above");
+            *refs -= 1;
+            if *refs == 0 {
+                total -= e.blob_size;
+            }
+            if !dry_run {
+                self.drop_entry(&e.key, "evicted")?;
+            }
+        }
+        report.after_bytes = total;
+        // Orphan blobs and temp files.
+        let referenced: std::collections::BTreeSet<String> =
+            self.entries()?.into_iter().map(|e| e.blob).collect::<std::collections::BTreeSet<_>>();
+        if let Ok(shards) = fs::read_dir(self.dir.join("blobs")) {
+            for shard in shards.flatten() {
+                for f in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    let digest = name.trim_end_matches(".tar.zst");
+                    if !referenced.contains(digest) {
+                        report.orphans += 1;
+                        if !dry_run {
+                            let _ = fs::remove_file(f.path());
+                        }
+                    }
+                }
+            }
+        }
+        for f in fs::read_dir(self.tmp_dir()).into_iter().flatten().flatten() {
+            report.orphans += 1;
+            if !dry_run {
+                let _ = archive::remove_any(&f.path());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Re-hash every blob; drop entries whose blob is missing or corrupt.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut checked: std::collections::BTreeMap<String, Option<String>> = Default::default();
+        for e in self.entries()? {
+            let problem = checked
+                .entry(e.blob.clone())
+                .or_insert_with(|| {
+                    let path = self.blob_path(&e.blob);
+                    match fs::File::open(&path) {
+                        Err(err) => Some(format!("blob missing: {err}")),
+                        Ok(f) => {
+                            let mut h = blake3::Hasher::new();
+                            match h.update_reader(f) {
+                                Err(err) => Some(format!("blob unreadable: {err}")),
+                                Ok(_) => {
+                                    let found = h.finalize().to_hex().to_string();
+                                    (found != e.blob).then(|| format!("digest mismatch: found {found}"))
+                                }
+                            }
+                        }
+                    }
+                })
+                .clone();
+            report.entries += 1;
+            if let Some(p) = problem {
+                self.drop_entry(&e.key, &format!("corrupt: {p}"))?;
+                report.corrupt.push((e.step.clone(), e.key.clone(), p));
+            }
+        }
+        report.blobs = checked.len() as u64;
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    pub evicted: Vec<(String, String, u64)>,
+    pub orphans: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub blobs: u64,
+    pub corrupt: Vec<(String, String, String)>,
+}
+
+impl Pending {
+    /// Publish a packed archive as this key's entry. Only call after the step succeeded.
+    pub fn commit(self, store: &Store, packed: Packed, duration_ms: u64) -> Result<Entry, StoreError> {
+        let io = |context: String| {
+            let dir = store.dir.clone();
+            move |source| StoreError::Io { dir, context, source }
+        };
+        let dest = store.blob_path(&packed.blob_digest);
+        let shard = dest.parent().expect("blob paths have a shard directory");
+        fs::create_dir_all(shard).map_err(io("creating a blob shard".into()))?;
+        if dest.exists() {
+            // Same content already stored (identical outputs and logs): keep the existing blob.
+            let _ = fs::remove_file(&packed.tmp_path);
+        } else {
+            fs::rename(&packed.tmp_path, &dest).map_err(io(format!("publishing blob {}", packed.blob_digest)))?;
+            fsync_dir(shard).map_err(io("syncing the blob directory".into()))?;
+        }
+        let now = now_ms();
+        let row = Row {
+            key: self.key,
+            step: self.step,
+            blob: packed.blob_digest,
+            outputs_digest: packed.outputs_digest,
+            manifest: self.manifest.canonical(),
+            duration_ms,
+            blob_size: packed.blob_size,
+            created_at: now,
+            last_used: now,
+            pinned: false,
+        };
+        store.index().insert(&row)?;
+        Ok(row.into())
+    }
+}

@@ -1,0 +1,667 @@
+//! The executor: a dispatcher and worker threads.
+//!
+//! [`prepare`] does the work every build and cache-aware plan needs before any step runs:
+//! probe toolchains (and check their version requirements), resolve secrets, and hash every
+//! selected step's inputs in one walk. It yields each step's key manifest *without* its
+//! upstream part, which is only known once upstream steps have finished.
+//!
+//! [`Build::run`] is the dispatcher: it starts ready steps on up to `jobs` workers, receives
+//! their [`StepReport`]s over a channel, stops dependents of a failed step, and on Ctrl-C
+//! stops launching and lets workers kill their process groups. A worker completes the key,
+//! looks it up, and either restores the entry (replaying its log) or runs the command,
+//! checks outputs and inputs, packs and commits. Only [`crate::cache::Pending::commit`]
+//! creates entries.
+
+pub mod process;
+pub mod secrets;
+
+use crate::cache::{archive, Lookup, Store};
+use crate::inputs::{self, StepInputs, WalkOptions};
+use crate::model::Pipeline;
+use crate::plan::key::{diff, DirtyReason, FileDigest, KeyManifest, Upstream, KEY_SCHEMA_VERSION};
+use crate::plan::Graph;
+use process::{Console, Exit};
+use secrets::Masker;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("toolchain `{name}`: probe `{probe}` failed ({status}){output}\n  hint: install the toolchain, or fix its probe in the pipeline")]
+    ProbeFailed { name: String, probe: String, status: String, output: String },
+    #[error("toolchain `{name}` must be version {require}, but `{probe}` reports: {found}\n  hint: install {name} {require} (e.g. with asdf or your package manager), or change `require`")]
+    WrongVersion { name: String, require: String, probe: String, found: String },
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("{0}")]
+    Inputs(#[from] inputs::InputError),
+    #[error("{0}")]
+    Store(#[from] crate::cache::StoreError),
+    #[error("step `{step}` uses service `{service}`: services are started by `cairn build` only when the machine can run them; {problem}")]
+    Service { step: String, service: String, problem: String },
+}
+
+/// OS and architecture, as they appear in keys.
+pub fn platform() -> String {
+    format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// Does the probe output show version `require` (e.g. "1.18" matches "1.18.3", not "1.180")?
+pub fn version_matches(output: &str, require: &str) -> bool {
+    let bytes = output.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = output[from..].find(require) {
+        let at = from + pos;
+        let end = at + require.len();
+        let before_ok = at == 0 || !(bytes[at - 1].is_ascii_digit() || bytes[at - 1] == b'.');
+        let after_ok = end == bytes.len() || !bytes[end].is_ascii_digit();
+        if before_ok && after_ok {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// Everything known about a step before upstream steps have run.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Per selected node: the manifest with `upstream` still empty.
+    pub manifests: BTreeMap<usize, KeyManifest>,
+    pub inputs: BTreeMap<usize, StepInputs>,
+    pub masker: Masker,
+    pub secret_values: BTreeMap<String, String>,
+    pub scan: inputs::ScanStats,
+    pub walk: WalkOptions,
+}
+
+/// Which files a step reads: its globs and those of its input sets.
+pub fn step_inputs(p: &Pipeline, step: &crate::model::Step) -> StepInputs {
+    let mut include = step.inputs.clone();
+    let mut exclude = step.exclude.clone();
+    for set in &step.input_sets {
+        if let Some(s) = p.input_sets.get(set) {
+            include.extend(s.include.iter().cloned());
+            exclude.extend(s.exclude.iter().cloned());
+        }
+    }
+    StepInputs { include, exclude }
+}
+
+pub fn walk_options(p: &Pipeline, root: &Path, cache_dir: &Path, threads: usize) -> WalkOptions {
+    let mut prune: Vec<String> =
+        p.steps.iter().flat_map(|(_, s)| s.outputs.iter().map(|o| archive::normalize_output(o))).collect();
+    prune.sort();
+    prune.dedup();
+    WalkOptions {
+        root: root.to_path_buf(),
+        gitignore: p.gitignore,
+        prune,
+        prune_abs: vec![cache_dir.canonicalize().unwrap_or_else(|_| cache_dir.to_path_buf())],
+        threads,
+    }
+}
+
+/// Probe toolchains, resolve secrets, hash inputs.
+pub fn prepare(
+    p: &Pipeline,
+    g: &Graph,
+    selected: &[usize],
+    root: &Path,
+    store: &Store,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<Prepared, ExecError> {
+    // Toolchains, probed once each, in parallel.
+    let used: BTreeSet<&str> =
+        selected.iter().flat_map(|&i| g.nodes[i].step.toolchains.iter().map(String::as_str)).collect();
+    let probes: Vec<(String, Result<String, ExecError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = used
+            .iter()
+            .map(|name| {
+                let tc = p.toolchains.get(name).expect("validated");
+                let name = name.to_string();
+                s.spawn(move || {
+                    let result = std::process::Command::new("sh")
+                        .arg("-c")
+                        .arg(&tc.probe)
+                        .current_dir(root)
+                        .stdin(std::process::Stdio::null())
+                        .output();
+                    let r = match result {
+                        Err(e) => Err(ExecError::ProbeFailed {
+                            name: name.clone(),
+                            probe: tc.probe.clone(),
+                            status: e.to_string(),
+                            output: String::new(),
+                        }),
+                        Ok(out) => {
+                            let text = format!(
+                                "{}{}",
+                                String::from_utf8_lossy(&out.stdout),
+                                String::from_utf8_lossy(&out.stderr)
+                            )
+                            .trim()
+                            .to_string();
+                            if !out.status.success() {
+                                Err(ExecError::ProbeFailed {
+                                    name: name.clone(),
+                                    probe: tc.probe.clone(),
+                                    status: out.status.to_string(),
+                                    output: if text.is_empty() { String::new() } else { format!(": {text}") },
+                                })
+                            } else if let Some(req) = tc.require.as_ref().filter(|r| !version_matches(&text, r)) {
+                                Err(ExecError::WrongVersion {
+                                    name: name.clone(),
+                                    require: req.clone(),
+                                    probe: tc.probe.clone(),
+                                    found: text.lines().next().unwrap_or("").to_string(),
+                                })
+                            } else {
+                                Ok(text)
+                            }
+                        }
+                    };
+                    (name, r)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+    });
+    let mut toolchains = BTreeMap::new();
+    for (name, r) in probes {
+        toolchains.insert(name, r?);
+    }
+
+    // Secrets of the selected steps.
+    let mut secret_values = BTreeMap::new();
+    for &i in selected {
+        for s in &g.nodes[i].step.secrets {
+            if !secret_values.contains_key(s) {
+                let source = p.secrets.get(s).expect("validated");
+                secret_values.insert(s.clone(), secrets::resolve(s, source, root)?);
+            }
+        }
+    }
+    let masker = Masker::new(secret_values.values().map(String::as_str));
+
+    // Inputs, in one walk.
+    let walk = walk_options(p, root, cache_dir, threads);
+    let step_in: Vec<StepInputs> = selected.iter().map(|&i| step_inputs(p, &g.nodes[i].step)).collect();
+    let root_key = root.display().to_string();
+    let cache = store.load_stat_cache(&root_key)?;
+    let snap = inputs::scan(&walk, &step_in, &cache)?;
+    store.save_stat_cache(&root_key, &snap.updates)?;
+
+    let mut manifests = BTreeMap::new();
+    let mut inputs_by_node = BTreeMap::new();
+    for (k, &i) in selected.iter().enumerate() {
+        let n = &g.nodes[i];
+        let mut secrets = n.step.secrets.clone();
+        secrets.sort();
+        secrets.dedup();
+        let services = n
+            .step
+            .services
+            .iter()
+            .map(|s| {
+                let def = p.services.get(s).expect("validated");
+                (
+                    s.clone(),
+                    blake3::hash(serde_json::to_string(def).unwrap_or_default().as_bytes()).to_hex().to_string(),
+                )
+            })
+            .collect();
+        let mut outputs: Vec<String> = n.step.outputs.iter().map(|o| archive::normalize_output(o)).collect();
+        outputs.sort();
+        manifests.insert(
+            i,
+            KeyManifest {
+                schema: KEY_SCHEMA_VERSION,
+                command: n.run.clone(),
+                workdir: n.step.workdir.clone().unwrap_or_else(|| ".".into()),
+                env: n.env.clone(),
+                secrets,
+                toolchains: n.step.toolchains.iter().map(|t| (t.clone(), toolchains[t].clone())).collect(),
+                services,
+                platform: platform(),
+                inputs: snap.per_step[k].clone(),
+                upstream: BTreeMap::new(),
+                outputs,
+            },
+        );
+        inputs_by_node.insert(i, step_in[k].clone());
+    }
+    Ok(Prepared { manifests, inputs: inputs_by_node, masker, secret_values, scan: snap.stats, walk })
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    HitLocal,
+    HitRemote,
+    Ran,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::HitLocal => "hit-local",
+            Status::HitRemote => "hit-remote",
+            Status::Ran => "ran",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+            Status::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_hit(self) -> bool {
+        matches!(self, Status::HitLocal | Status::HitRemote)
+    }
+}
+
+/// One step's result, as the report layer sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub key: Option<String>,
+    pub status: Status,
+    pub reasons: Vec<DirtyReason>,
+    /// Failure or skip detail.
+    pub detail: Option<String>,
+    pub duration_ms: u64,
+    pub saved_ms: u64,
+    pub bytes_restored: u64,
+    pub bytes_stored: u64,
+    /// Milliseconds after the run started.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub worker: usize,
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub contribution: Option<Upstream>,
+}
+
+/// The options of one build.
+pub struct Build<'a> {
+    pub pipeline: &'a Pipeline,
+    pub graph: &'a Graph,
+    pub root: PathBuf,
+    pub store: &'a Store,
+    pub selected: Vec<usize>,
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub force: BTreeSet<String>,
+    pub console: &'a Console,
+    pub zstd_level: i32,
+}
+
+/// The result of a build.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    pub steps: Vec<StepReport>,
+    pub wall_ms: u64,
+    pub interrupted: bool,
+    pub scan: inputs::ScanStats,
+}
+
+impl BuildOutcome {
+    pub fn failed(&self) -> Vec<&str> {
+        self.steps.iter().filter(|s| s.status == Status::Failed).map(|s| s.name.as_str()).collect()
+    }
+}
+
+struct Job<'b> {
+    node: usize,
+    manifest: KeyManifest,
+    worker: usize,
+    build: &'b Build<'b>,
+    prepared: &'b Prepared,
+    t0: Instant,
+}
+
+impl Build<'_> {
+    fn is_forced(&self, node: usize) -> bool {
+        let n = &self.graph.nodes[node];
+        self.force.contains(&n.name) || self.force.contains(&n.base)
+    }
+
+    pub fn run(&self, prepared: &Prepared) -> BuildOutcome {
+        let t0 = Instant::now();
+        let g = self.graph;
+        let selected: BTreeSet<usize> = self.selected.iter().copied().collect();
+        let mut done: BTreeMap<usize, StepReport> = BTreeMap::new();
+        let mut running: BTreeMap<usize, usize> = BTreeMap::new(); // node → worker slot
+        let mut halted = false;
+        let (tx, rx) = mpsc::channel::<(usize, StepReport)>();
+        std::thread::scope(|s| {
+            loop {
+                if process::interrupted() {
+                    halted = true;
+                }
+                // Launch what is ready.
+                for &i in &self.selected {
+                    if done.contains_key(&i) || running.contains_key(&i) {
+                        continue;
+                    }
+                    let needs: Vec<usize> = g.nodes[i].needs.iter().copied().filter(|d| selected.contains(d)).collect();
+                    if let Some(bad) = needs.iter().find(|d| {
+                        done.get(d)
+                            .is_some_and(|r| !matches!(r.status, Status::HitLocal | Status::HitRemote | Status::Ran))
+                    }) {
+                        let upstream = &done[bad];
+                        let (status, why) = if upstream.status == Status::Cancelled {
+                            (Status::Cancelled, format!("upstream step {} was cancelled", upstream.name))
+                        } else {
+                            (Status::Skipped, format!("upstream step {} {}", upstream.name, upstream.status.as_str()))
+                        };
+                        done.insert(i, blank_report(&g.nodes[i].name, status, why, t0));
+                        continue;
+                    }
+                    if halted {
+                        continue; // reported as cancelled once nothing runs any more
+                    }
+                    if !needs.iter().all(|d| done.contains_key(d)) || running.len() >= self.jobs.max(1) {
+                        continue;
+                    }
+                    let mut manifest = prepared.manifests[&i].clone();
+                    for &d in &g.nodes[i].needs {
+                        if let Some(c) = done.get(&d).and_then(|r| r.contribution.clone()) {
+                            manifest.upstream.insert(g.nodes[d].name.clone(), c);
+                        }
+                    }
+                    let worker = (0..self.jobs.max(1)).find(|w| !running.values().any(|x| x == w)).unwrap_or(0);
+                    running.insert(i, worker);
+                    let tx = tx.clone();
+                    let job = Job { node: i, manifest, worker, build: self, prepared, t0 };
+                    s.spawn(move || {
+                        let report = job.execute();
+                        let _ = tx.send((job.node, report));
+                    });
+                }
+                if running.is_empty() {
+                    break;
+                }
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok((i, report)) => {
+                        running.remove(&i);
+                        if report.status == Status::Failed && !self.keep_going {
+                            halted = true;
+                        }
+                        done.insert(i, report);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+        let interrupted = process::interrupted();
+        for &i in &self.selected {
+            done.entry(i).or_insert_with(|| {
+                let why = if interrupted { "the run was interrupted" } else { "the run stopped after a failure" };
+                blank_report(&g.nodes[i].name, Status::Cancelled, why.into(), t0)
+            });
+        }
+        let steps = self.selected.iter().map(|i| done.remove(i).expect("every step has a report")).collect();
+        BuildOutcome { steps, wall_ms: t0.elapsed().as_millis() as u64, interrupted, scan: prepared.scan }
+    }
+}
+
+fn blank_report(name: &str, status: Status, detail: String, t0: Instant) -> StepReport {
+    let now = t0.elapsed().as_millis() as u64;
+    StepReport {
+        name: name.to_string(),
+        key: None,
+        status,
+        reasons: vec![],
+        detail: Some(detail),
+        duration_ms: 0,
+        saved_ms: 0,
+        bytes_restored: 0,
+        bytes_stored: 0,
+        start_ms: now,
+        end_ms: now,
+        worker: 0,
+        warnings: vec![],
+        contribution: None,
+    }
+}
+
+impl Job<'_> {
+    fn execute(&self) -> StepReport {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let key = self.manifest.key();
+        let start_ms = self.t0.elapsed().as_millis() as u64;
+        let mut report = StepReport {
+            name: node.name.clone(),
+            key: Some(key.clone()),
+            status: Status::Ran,
+            reasons: vec![],
+            detail: None,
+            duration_ms: 0,
+            saved_ms: 0,
+            bytes_restored: 0,
+            bytes_stored: 0,
+            start_ms,
+            end_ms: start_ms,
+            worker: self.worker,
+            warnings: vec![],
+            contribution: None,
+        };
+        let has_outputs = !node.step.outputs.is_empty();
+        let prefix = format!("[{}]", node.name);
+        let mut pending = None;
+        if !node.step.cache {
+            report.reasons.push(DirtyReason::NotCacheable);
+        } else {
+            match b.store.lookup(&node.name, self.manifest.clone()) {
+                Err(e) => {
+                    report.warnings.push(format!("store lookup failed: {e}"));
+                    report.reasons.push(DirtyReason::NoEntry);
+                }
+                Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
+                    let started = Instant::now();
+                    match b.store.restore(&entry, &b.root, &node.step.outputs) {
+                        Ok(restored) => {
+                            for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)]
+                            {
+                                for line in String::from_utf8_lossy(bytes).lines() {
+                                    b.console.line(&prefix, line, err);
+                                }
+                            }
+                            report.status = Status::HitLocal;
+                            report.saved_ms = entry.duration_ms;
+                            report.bytes_restored = restored.bytes;
+                            report.duration_ms = started.elapsed().as_millis() as u64;
+                            report.contribution = Some(if has_outputs {
+                                Upstream::Outputs(entry.outputs_digest.clone())
+                            } else {
+                                Upstream::Key(key.clone())
+                            });
+                            report.end_ms = self.t0.elapsed().as_millis() as u64;
+                            return report;
+                        }
+                        Err(e) => {
+                            report.reasons.push(DirtyReason::Corrupt { detail: e.to_string() });
+                            b.console
+                                .note(&format!("warning: {}: stored entry unusable, running again: {e}", node.name));
+                            match b.store.lookup(&node.name, self.manifest.clone()) {
+                                Ok(Lookup::Miss(p, _)) => pending = Some(p),
+                                _ => report.warnings.push("could not re-open the entry after dropping it".into()),
+                            }
+                        }
+                    }
+                }
+                Ok(Lookup::Hit(_)) => {
+                    report.reasons.push(DirtyReason::Forced);
+                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone()));
+                }
+                Ok(Lookup::Miss(p, evicted)) => {
+                    match evicted {
+                        Some(why) if why.starts_with("corrupt") => {
+                            report.reasons.push(DirtyReason::Corrupt { detail: why })
+                        }
+                        Some(_) => report.reasons.push(DirtyReason::Evicted),
+                        None => report.reasons.extend(why_missed(b.store, &node.name, &key, &self.manifest)),
+                    }
+                    if b.is_forced(self.node) {
+                        report.reasons.insert(0, DirtyReason::Forced);
+                    }
+                    pending = Some(p);
+                }
+            }
+        }
+
+        // Run it.
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for name in
+            process::BASE_ENV.iter().chain(node.step.pass_env.iter().map(String::as_str).collect::<Vec<_>>().iter())
+        {
+            if let Ok(v) = std::env::var(name) {
+                env.insert(name.to_string(), v);
+            }
+        }
+        env.extend(node.env.clone());
+        for s in &node.step.secrets {
+            if let Some(v) = self.prepared.secret_values.get(s) {
+                env.insert(s.clone(), v.clone());
+            }
+        }
+        let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
+        b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
+        let outcome = process::run(
+            &node.run,
+            &cwd,
+            &env,
+            node.step.timeout.map(|d| d.0),
+            &prefix,
+            b.console,
+            &self.prepared.masker,
+        );
+        report.end_ms = self.t0.elapsed().as_millis() as u64;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                report.status = Status::Failed;
+                report.detail = Some(format!("could not start `sh -c`: {e}"));
+                return report;
+            }
+        };
+        report.duration_ms = outcome.duration.as_millis() as u64;
+        match &outcome.exit {
+            Exit::Code(0) => {}
+            Exit::Interrupted => {
+                report.status = Status::Cancelled;
+                report.detail = Some("interrupted".into());
+                return report;
+            }
+            other => {
+                report.status = Status::Failed;
+                report.detail = Some(match other {
+                    Exit::Code(c) => format!("exited with status {c}"),
+                    Exit::Signal(s) => format!("killed by signal {s}"),
+                    Exit::TimedOut => {
+                        format!("timed out after {}", node.step.timeout.map(|d| d.to_string()).unwrap_or_default())
+                    }
+                    Exit::Interrupted => unreachable!("handled above"),
+                });
+                return report;
+            }
+        }
+        report.contribution = Some(Upstream::Key(key.clone()));
+        let Some(pending) = pending else {
+            return report;
+        };
+        // Inputs must not have changed while the step ran.
+        let inputs = &self.prepared.inputs[&self.node];
+        match inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()) {
+            Ok(after) if after.per_step[0] != self.manifest.inputs => {
+                let changed = changed_paths(&self.manifest.inputs, &after.per_step[0]);
+                let w = format!("inputs changed while the step ran ({}); the result is not stored", changed.join(", "));
+                b.console.note(&format!("warning: {}: {w}", node.name));
+                report.warnings.push(w);
+                return report;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                report.warnings.push(format!("could not re-check inputs ({e}); the result is not stored"));
+                return report;
+            }
+        }
+        let logs: [(&str, &[u8]); 2] = [(archive::LOG_STDOUT, &outcome.stdout), (archive::LOG_STDERR, &outcome.stderr)];
+        match archive::pack(&b.root, &node.step.outputs, &logs, &b.store.tmp_dir(), b.zstd_level) {
+            Err(archive::ArchiveError::MissingOutput(o)) => {
+                report.status = Status::Failed;
+                report.detail = Some(format!("declared output `{o}` was not produced"));
+                report.contribution = None;
+            }
+            Err(e) => {
+                report.warnings.push(format!("could not store the result: {e}"));
+                b.console.note(&format!("warning: {}: could not store the result: {e}", node.name));
+            }
+            Ok(packed) => {
+                let tmp = packed.tmp_path.clone();
+                let blob_size = packed.blob_size;
+                match pending.commit(b.store, packed, report.duration_ms) {
+                    Ok(entry) => {
+                        report.bytes_stored = blob_size;
+                        if has_outputs {
+                            report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(tmp);
+                        report.warnings.push(format!("could not store the result: {e}"));
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+fn changed_paths(a: &BTreeMap<String, FileDigest>, b: &BTreeMap<String, FileDigest>) -> Vec<String> {
+    let mut out: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why a key missed: compare with the newest entry of the same step.
+pub fn why_missed(store: &Store, step: &str, key: &str, manifest: &KeyManifest) -> Vec<DirtyReason> {
+    match store.latest_for_step(step, key) {
+        Ok(Some(prev)) => match prev.manifest {
+            Some(old) => {
+                let d = diff(&old, manifest);
+                if d.is_empty() {
+                    vec![DirtyReason::NoEntry]
+                } else {
+                    d
+                }
+            }
+            None => vec![DirtyReason::NoEntry],
+        },
+        _ => vec![DirtyReason::NoEntry],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_requirements() {
+        assert!(version_matches("Erlang/OTP 27 [erts-15.1]\n\nElixir 1.18.3 (compiled with Erlang/OTP 27)", "1.18"));
+        assert!(!version_matches("Elixir 1.180.0", "1.18"));
+        assert!(!version_matches("Elixir 11.18.0", "1.18"));
+        assert!(version_matches("27", "27"));
+        assert!(!version_matches("Elixir 1.14.0 (compiled with Erlang/OTP 25)", "1.18"));
+    }
+}

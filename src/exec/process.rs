@@ -1,0 +1,190 @@
+//! Running one command: its own process group, a clean environment, live output with a step
+//! prefix (masked), capture for the store, a timeout, and Ctrl-C.
+
+use super::secrets::Masker;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Set by SIGINT/SIGTERM; every waiting loop checks it.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Route SIGINT and SIGTERM to [`INTERRUPTED`]. Children run in their own process groups, so
+/// a terminal's Ctrl-C reaches only cairn, which then stops them.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Environment names every step gets from cairn's own environment.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL", "TZ"];
+
+/// Where live output goes. Lines are written whole, so concurrent steps don't interleave
+/// within a line.
+pub struct Console {
+    lock: Mutex<()>,
+    pub quiet: bool,
+}
+
+impl Console {
+    pub fn new(quiet: bool) -> Console {
+        Console { lock: Mutex::new(()), quiet }
+    }
+
+    pub fn line(&self, prefix: &str, text: &str, to_stderr: bool) {
+        if self.quiet {
+            return;
+        }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if to_stderr {
+            let _ = writeln!(std::io::stderr().lock(), "{prefix} {text}");
+        } else {
+            let _ = writeln!(std::io::stdout().lock(), "{prefix} {text}");
+        }
+    }
+
+    pub fn note(&self, text: &str) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut,
+    Interrupted,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.exit == Exit::Code(0)
+    }
+}
+
+const CAPTURE_LIMIT: usize = 64 << 20;
+
+fn pump(reader: impl Read, prefix: &str, to_stderr: bool, console: &Console, masker: &Masker) -> Vec<u8> {
+    let mut r = BufReader::new(reader);
+    let mut captured = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let masked = masker.mask(text.trim_end_matches(['\n', '\r']));
+                console.line(prefix, &masked, to_stderr);
+                if captured.len() < CAPTURE_LIMIT {
+                    captured.extend_from_slice(masked.as_bytes());
+                    captured.push(b'\n');
+                }
+            }
+        }
+    }
+    captured
+}
+
+fn kill_group(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), signal);
+    }
+}
+
+/// Run `sh -c command` in `cwd` with exactly `env`.
+pub fn run(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    prefix: &str,
+    console: &Console,
+    masker: &Masker,
+) -> std::io::Result<Outcome> {
+    let started = Instant::now();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id();
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let (stdout, stderr, exit) = std::thread::scope(|s| {
+        let o = s.spawn(|| pump(out, prefix, false, console, masker));
+        let e = s.spawn(|| pump(err, prefix, true, console, masker));
+        let deadline = timeout.map(|t| started + t);
+        let exit = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    break match (status.code(), status.signal()) {
+                        (Some(c), _) => Exit::Code(c),
+                        (None, Some(sig)) => Exit::Signal(sig),
+                        _ => Exit::Code(-1),
+                    };
+                }
+                Ok(None) => {}
+                Err(_) => break Exit::Code(-1),
+            }
+            let why = if interrupted() {
+                Some(Exit::Interrupted)
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                Some(Exit::TimedOut)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                kill_group(pid, libc::SIGTERM);
+                let grace = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < grace {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                kill_group(pid, libc::SIGKILL);
+                let _ = child.wait();
+                break why;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Make sure nothing of the group survives to hold the pipes open.
+        kill_group(pid, libc::SIGKILL);
+        (o.join().unwrap_or_default(), e.join().unwrap_or_default(), exit)
+    });
+    Ok(Outcome { exit, stdout, stderr, duration: started.elapsed() })
+}

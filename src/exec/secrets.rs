@@ -1,0 +1,152 @@
+//! Secrets: resolving values from their providers, and masking them in everything printed
+//! or stored.
+//!
+//! A value is masked as itself, each of its lines (for multi-line values such as keys), its
+//! base64 and its URL-encoded forms. Fragments shorter than [`MIN_MASK_LEN`] are not masked
+//! on their own, so a one-character line doesn't blank out the log.
+
+use crate::model::SecretSource;
+use std::path::Path;
+
+pub const MIN_MASK_LEN: usize = 4;
+pub const MASK: &str = "***";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret `{name}` is missing: environment variable `{var}` is not set\n  hint: export {var}=..., or change where `{name}` comes from in the pipeline's `secrets`")]
+    EnvMissing { name: String, var: String },
+    #[error("secret `{name}` is missing: cannot read file `{path}`: {source}\n  hint: create the file, or change where `{name}` comes from")]
+    File { name: String, path: String, source: std::io::Error },
+    #[error("secret `{name}`: command `{command}` failed ({status})\n  hint: run the command by hand to see why")]
+    Command { name: String, command: String, status: String },
+    #[error("secret `{name}` uses `Inherit`, but the pipeline does not define it")]
+    Inherit { name: String },
+}
+
+/// Fetch a secret's value.
+pub fn resolve(name: &str, source: &SecretSource, root: &Path) -> Result<String, SecretError> {
+    match source {
+        SecretSource::Env(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(v),
+            _ => Err(SecretError::EnvMissing { name: name.into(), var: var.clone() }),
+        },
+        SecretSource::File(path) => std::fs::read_to_string(root.join(path))
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|source| SecretError::File { name: name.into(), path: path.clone(), source }),
+        SecretSource::Command(command) => {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(root)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| SecretError::Command {
+                    name: name.into(),
+                    command: command.clone(),
+                    status: e.to_string(),
+                })?;
+            if !out.status.success() {
+                return Err(SecretError::Command {
+                    name: name.into(),
+                    command: command.clone(),
+                    status: out.status.to_string(),
+                });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end_matches(['\n', '\r']).to_string())
+        }
+        SecretSource::Inherit => Err(SecretError::Inherit { name: name.into() }),
+    }
+}
+
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Replaces every known secret form with `***`.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    patterns: Vec<String>,
+}
+
+impl Masker {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
+        let mut patterns = Vec::new();
+        for v in values {
+            let mut forms = vec![v.to_string(), base64(v.as_bytes()), url_encode(v)];
+            // base64 without padding, as many tools print it
+            forms.push(base64(v.as_bytes()).trim_end_matches('=').to_string());
+            for line in v.lines() {
+                forms.push(line.trim_end_matches('\r').to_string());
+                forms.push(base64(line.as_bytes()));
+            }
+            for f in forms {
+                if f.len() >= MIN_MASK_LEN && !patterns.contains(&f) {
+                    patterns.push(f);
+                }
+            }
+        }
+        // Longest first, so a value is masked whole before its fragments.
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Masker { patterns }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for p in &self.patterns {
+            if out.contains(p.as_str()) {
+                out = out.replace(p.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    pub fn mask_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        if self.patterns.is_empty() {
+            return bytes.to_vec();
+        }
+        self.mask(&String::from_utf8_lossy(bytes)).into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_value_lines_and_encodings() {
+        let m = Masker::new(["s3cr3t-value/x", "line-one\nline-two\nab"]);
+        assert_eq!(m.mask("token=s3cr3t-value/x!"), "token=***!");
+        assert_eq!(m.mask(&base64(b"s3cr3t-value/x")), "***");
+        assert_eq!(m.mask("u=s3cr3t-value%2Fx"), "u=***");
+        assert_eq!(m.mask("got line-two here"), "got *** here");
+        assert_eq!(m.mask("ab stays"), "ab stays", "short fragments are not masked alone");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+    }
+}

@@ -1,0 +1,365 @@
+//! Reading the source tree: one parallel walk for all steps, glob matching, `.gitignore`,
+//! and content digests with a stat cache.
+//!
+//! # Design
+//! - **One walk** of the project root serves every step: a single [`globset::GlobSet`] holds
+//!   every step's include globs, and each match is mapped back to the steps that own the glob.
+//!   Directories that are declared outputs (`deps/`, `_build/`), `.git`, the store and cairn's
+//!   staging directory are pruned without being entered: outputs reach dependents through
+//!   their archive digest, never as inputs.
+//! - **The stat cache** maps `(root, path)` to `(size, mtime, ctime, inode, exec) → digest`.
+//!   A file whose stat is unchanged is not read again. Like git's "racy clean" rule, a cached
+//!   digest is trusted only if the file's mtime was at least [`RACY_WINDOW`] older than the
+//!   moment it was hashed: a file modified within the same timestamp granule as the hashing
+//!   could have changed without changing its stat, so it is hashed again.
+//! - Hashing happens in the walker's threads (one file per thread), which is what pays on
+//!   many small files.
+
+use crate::plan::key::FileDigest;
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A stat-cache row is trusted only for files last modified this long before they were hashed.
+pub const RACY_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the stat cache remembers of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatEntry {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub exec: bool,
+    pub digest: String,
+    /// When the digest was computed (ns since the epoch).
+    pub recorded_ns: i64,
+}
+
+/// Which files each step reads.
+#[derive(Debug, Clone, Default)]
+pub struct StepInputs {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WalkOptions {
+    pub root: PathBuf,
+    pub gitignore: bool,
+    /// Relative directories or files never entered (declared outputs, staging).
+    pub prune: Vec<String>,
+    /// Absolute directories never entered (the store).
+    pub prune_abs: Vec<PathBuf>,
+    pub threads: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ScanStats {
+    pub files: u64,
+    pub hashed: u64,
+    pub reused: u64,
+    pub bytes_hashed: u64,
+}
+
+/// The result of one scan.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Per step (same order as the request): relative path → digest.
+    pub per_step: Vec<BTreeMap<String, FileDigest>>,
+    /// Stat-cache rows to write back (new or changed).
+    pub updates: Vec<(String, StatEntry)>,
+    pub stats: ScanStats,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("invalid glob `{glob}`: {source}")]
+    Glob { glob: String, source: globset::Error },
+    #[error("cannot read input {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+fn glob(g: &str) -> Result<Glob, InputError> {
+    GlobBuilder::new(g)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|source| InputError::Glob { glob: g.to_string(), source })
+}
+
+/// A glob that also matches everything below a directory it names (`lib` → `lib/**`).
+fn include_globs(g: &str) -> Vec<String> {
+    let g = g.trim_start_matches("./");
+    if g.ends_with('/') {
+        vec![format!("{g}**")]
+    } else if g.contains(['*', '?', '[', '{']) {
+        vec![g.to_string()]
+    } else {
+        vec![g.to_string(), format!("{g}/**")]
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Digest a file (or a symlink, by its target) and report whether it is executable.
+pub fn hash_file(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<(String, bool)> {
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path)?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"symlink\0");
+        h.update(target.as_os_str().as_encoded_bytes());
+        return Ok((h.finalize().to_hex().to_string(), false));
+    }
+    let mut h = blake3::Hasher::new();
+    let file = std::fs::File::open(path)?;
+    if meta.len() > 16 * 1024 * 1024 {
+        h.update_mmap(path)?;
+    } else {
+        h.update_reader(file)?;
+    }
+    Ok((h.finalize().to_hex().to_string(), meta.mode() & 0o111 != 0))
+}
+
+/// Walk `opts.root` once and digest every file some step includes.
+pub fn scan(
+    opts: &WalkOptions,
+    steps: &[StepInputs],
+    stat_cache: &HashMap<String, StatEntry>,
+) -> Result<Snapshot, InputError> {
+    let mut builder = GlobSetBuilder::new();
+    let mut owner: Vec<usize> = Vec::new();
+    let mut excludes: Vec<GlobSet> = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        for g in &s.include {
+            if g.starts_with('!') {
+                continue; // a negated include is an exclude, below
+            }
+            for expanded in include_globs(g) {
+                builder.add(glob(&expanded)?);
+                owner.push(i);
+            }
+        }
+        let mut ex = GlobSetBuilder::new();
+        let negated = s.include.iter().filter_map(|g| g.strip_prefix('!'));
+        for g in s.exclude.iter().map(String::as_str).chain(negated) {
+            for expanded in include_globs(g) {
+                ex.add(glob(&expanded)?);
+            }
+        }
+        excludes.push(ex.build().map_err(|source| InputError::Glob { glob: "(excludes)".into(), source })?);
+    }
+    let includes = builder.build().map_err(|source| InputError::Glob { glob: "(includes)".into(), source })?;
+
+    let started_ns = now_ns();
+    let racy_ns = RACY_WINDOW.as_nanos() as i64;
+    let prune: Vec<String> = opts.prune.iter().map(|p| p.trim_end_matches('/').to_string()).collect();
+    let prune_abs = opts.prune_abs.clone();
+    let root = opts.root.clone();
+
+    type Found = (String, FileDigest, Vec<usize>, Option<StatEntry>, bool, u64);
+    let found: Mutex<Vec<Found>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<InputError>> = Mutex::new(None);
+
+    let mut wb = ignore::WalkBuilder::new(&root);
+    wb.hidden(false)
+        .git_ignore(opts.gitignore)
+        .git_exclude(opts.gitignore)
+        .git_global(false)
+        .ignore(opts.gitignore)
+        .parents(opts.gitignore)
+        .require_git(false)
+        .follow_links(false)
+        .threads(opts.threads.max(1));
+    {
+        let root = root.clone();
+        wb.filter_entry(move |e| {
+            let Ok(rel) = e.path().strip_prefix(&root) else { return true };
+            let rel = rel.to_string_lossy();
+            if rel == ".git" || rel == ".cairn-tmp" {
+                return false;
+            }
+            if prune.iter().any(|p| *p == rel) {
+                return false;
+            }
+            !prune_abs.iter().any(|p| e.path() == p)
+        });
+    }
+    wb.build_parallel().run(|| {
+        let includes = &includes;
+        let excludes = &excludes;
+        let owner = &owner;
+        let root = &root;
+        let found = &found;
+        let first_error = &first_error;
+        struct Flush<'a>(&'a Mutex<Vec<Found>>, Vec<Found>);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                self.0.lock().expect("no poisoning").append(&mut self.1);
+            }
+        }
+        let mut flush = Flush(found, Vec::new());
+        Box::new(move |entry| {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(_) => return ignore::WalkState::Continue,
+            };
+            let Some(ft) = entry.file_type() else { return ignore::WalkState::Continue };
+            if ft.is_dir() {
+                return ignore::WalkState::Continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(root) else { return ignore::WalkState::Continue };
+            let Some(rel) = rel.to_str() else { return ignore::WalkState::Continue };
+            let hits = includes.matches(rel);
+            if hits.is_empty() {
+                return ignore::WalkState::Continue;
+            }
+            let mut steps: Vec<usize> =
+                hits.iter().map(|&h| owner[h]).filter(|&s| !excludes[s].is_match(rel)).collect();
+            steps.sort_unstable();
+            steps.dedup();
+            if steps.is_empty() {
+                return ignore::WalkState::Continue;
+            }
+            let meta = match std::fs::symlink_metadata(entry.path()) {
+                Ok(m) => m,
+                Err(source) => {
+                    first_error
+                        .lock()
+                        .expect("no poisoning")
+                        .get_or_insert(InputError::Read { path: entry.path().to_path_buf(), source });
+                    return ignore::WalkState::Quit;
+                }
+            };
+            let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+            let ctime_ns = meta.ctime() * 1_000_000_000 + meta.ctime_nsec();
+            let exec = !ft.is_symlink() && meta.mode() & 0o111 != 0;
+            if let Some(c) = stat_cache.get(rel) {
+                if c.size == meta.len()
+                    && c.mtime_ns == mtime_ns
+                    && c.ctime_ns == ctime_ns
+                    && c.ino == meta.ino()
+                    && c.exec == exec
+                    && mtime_ns + racy_ns <= c.recorded_ns
+                {
+                    flush.1.push((
+                        rel.to_string(),
+                        FileDigest { digest: c.digest.clone(), exec },
+                        steps,
+                        None,
+                        false,
+                        0,
+                    ));
+                    return ignore::WalkState::Continue;
+                }
+            }
+            match hash_file(entry.path(), &meta) {
+                Ok((digest, exec)) => {
+                    let row = StatEntry {
+                        size: meta.len(),
+                        mtime_ns,
+                        ctime_ns,
+                        ino: meta.ino(),
+                        exec,
+                        digest: digest.clone(),
+                        recorded_ns: started_ns,
+                    };
+                    flush.1.push((rel.to_string(), FileDigest { digest, exec }, steps, Some(row), true, meta.len()));
+                    ignore::WalkState::Continue
+                }
+                Err(source) => {
+                    first_error
+                        .lock()
+                        .expect("no poisoning")
+                        .get_or_insert(InputError::Read { path: entry.path().to_path_buf(), source });
+                    ignore::WalkState::Quit
+                }
+            }
+        })
+    });
+    if let Some(e) = first_error.into_inner().expect("no poisoning") {
+        return Err(e);
+    }
+    let mut snapshot = Snapshot { per_step: vec![BTreeMap::new(); steps.len()], ..Default::default() };
+    for (rel, digest, owners, row, hashed, bytes) in found.into_inner().expect("no poisoning") {
+        snapshot.stats.files += 1;
+        if hashed {
+            snapshot.stats.hashed += 1;
+            snapshot.stats.bytes_hashed += bytes;
+        } else {
+            snapshot.stats.reused += 1;
+        }
+        for s in owners {
+            snapshot.per_step[s].insert(rel.clone(), digest.clone());
+        }
+        if let Some(row) = row {
+            snapshot.updates.push((rel, row));
+        }
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn opts(root: &Path) -> WalkOptions {
+        WalkOptions { root: root.into(), gitignore: true, prune: vec!["out".into()], prune_abs: vec![], threads: 2 }
+    }
+
+    #[test]
+    fn globs_excludes_gitignore_and_pruned_outputs() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "src/a.rs", "a");
+        write(r, "src/b.md", "b");
+        write(r, "src/gen/c.rs", "c");
+        write(r, "ignored.rs", "x");
+        write(r, ".gitignore", "ignored.rs\n");
+        write(r, "out/d.rs", "d");
+        write(r, "Cargo.toml", "t");
+        let steps = vec![
+            StepInputs { include: vec!["src/**".into(), "!**/*.md".into()], exclude: vec!["src/gen/".into()] },
+            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], exclude: vec![] },
+        ];
+        let snap = scan(&opts(r), &steps, &HashMap::new()).unwrap();
+        assert_eq!(snap.per_step[0].keys().collect::<Vec<_>>(), ["src/a.rs"]);
+        assert_eq!(snap.per_step[1].keys().collect::<Vec<_>>(), ["Cargo.toml", "src/a.rs", "src/gen/c.rs"]);
+        assert_eq!(snap.per_step[1]["src/a.rs"].digest, blake3::hash(b"a").to_hex().to_string());
+    }
+
+    #[test]
+    fn stat_cache_skips_unchanged_files_but_rehashes_racy_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "a.txt", "one");
+        let steps = vec![StepInputs { include: vec!["*.txt".into()], exclude: vec![] }];
+        let first = scan(&opts(r), &steps, &HashMap::new()).unwrap();
+        assert_eq!(first.stats.hashed, 1);
+        // Just written: the row is racy and the file is hashed again.
+        let cache: HashMap<String, StatEntry> = first.updates.into_iter().collect();
+        let second = scan(&opts(r), &steps, &cache).unwrap();
+        assert_eq!(second.stats.hashed, 1, "a file modified in the racy window is re-hashed");
+        // A row recorded well after the mtime is trusted...
+        let mut cache: HashMap<String, StatEntry> = second.updates.into_iter().collect();
+        cache.get_mut("a.txt").unwrap().recorded_ns += 5_000_000_000;
+        let third = scan(&opts(r), &steps, &cache).unwrap();
+        assert_eq!((third.stats.hashed, third.stats.reused), (0, 1));
+        // ...until the file changes (size differs here).
+        write(r, "a.txt", "two!");
+        let fourth = scan(&opts(r), &steps, &cache).unwrap();
+        assert_eq!(fourth.stats.hashed, 1);
+        assert_eq!(fourth.per_step[0]["a.txt"].digest, blake3::hash(b"two!").to_hex().to_string());
+    }
+}
