@@ -54,6 +54,22 @@ pub enum ArchiveError {
     Io { context: String, source: io::Error },
 }
 
+impl ArchiveError {
+    /// Does this error mean the blob itself is bad (missing, unreadable as an archive,
+    /// hostile, or not matching its digest), rather than the local disk failing?
+    pub fn is_bad_blob(&self) -> bool {
+        match self {
+            ArchiveError::Digest { .. } | ArchiveError::Unsafe { .. } => true,
+            ArchiveError::Io { context, source } => {
+                (context.starts_with("opening blob") && source.kind() == io::ErrorKind::NotFound)
+                    || context.starts_with("reading")
+                    || context.starts_with("starting zstd")
+            }
+            _ => false,
+        }
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError {
     let context = context.into();
     move |source| ArchiveError::Io { context, source }

@@ -182,9 +182,7 @@ impl Store {
                 Ok(Restored { unpacked, bytes })
             }
             Err(e) => {
-                if matches!(e, ArchiveError::Digest { .. } | ArchiveError::Unsafe { .. })
-                    || matches!(&e, ArchiveError::Io { context, source } if context.starts_with("opening blob") && source.kind() == std::io::ErrorKind::NotFound)
-                {
+                if e.is_bad_blob() {
                     self.drop_entry(&entry.key, &format!("corrupt: {e}"))?;
                 }
                 Err(e.into())

@@ -66,7 +66,9 @@ pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store
             }
             Ok(Lookup::Miss(_, evicted)) => {
                 let reasons = match evicted {
-                    Some(why) if why.starts_with("corrupt") => vec![DirtyReason::Corrupt { detail: why }],
+                    Some(why) if why.starts_with("corrupt") => {
+                        vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
+                    }
                     Some(_) => vec![DirtyReason::Evicted],
                     None => why_missed(store, &n.name, &key, &manifest),
                 };

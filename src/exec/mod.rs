@@ -505,9 +505,9 @@ impl Job<'_> {
                 }
                 Ok(Lookup::Miss(p, evicted)) => {
                     match evicted {
-                        Some(why) if why.starts_with("corrupt") => {
-                            report.reasons.push(DirtyReason::Corrupt { detail: why })
-                        }
+                        Some(why) if why.starts_with("corrupt") => report
+                            .reasons
+                            .push(DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }),
                         Some(_) => report.reasons.push(DirtyReason::Evicted),
                         None => report.reasons.extend(why_missed(b.store, &node.name, &key, &self.manifest)),
                     }

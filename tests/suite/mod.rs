@@ -1,1 +1,2 @@
+mod build;
 mod pipeline;
