@@ -1,2 +1,4 @@
 mod build;
+mod crash;
+mod hostile;
 mod pipeline;
