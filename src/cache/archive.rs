@@ -1,7 +1,8 @@
 //! The archive format of one cache entry, and its hardened extractor.
 //!
-//! An entry is one zstd-compressed tar stream: the step's declared outputs (paths relative to
-//! the project root), then its logs as `.cairn/stdout` and `.cairn/stderr`. It is
+//! An entry is one zstd-compressed tar stream: the step's logs as `.cairn/stdout` and
+//! `.cairn/stderr` (first, so a replay reads only the start), then its declared outputs (paths
+//! relative to the project root). It is
 //! **canonical**: entries sorted by path, GNU headers, owner 0:0, mtime 0, only permission
 //! bits kept (setuid/setgid/sticky dropped) — identical outputs give identical bytes.
 //!
@@ -198,6 +199,45 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
+fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<u64, ArchiveError> {
+    let mut raw_bytes = 0;
+    for it in items {
+        match &it.kind {
+            Kind::Dir => {
+                let mut h = header(tar::EntryType::Directory, it.mode, 0);
+                b.append_data(&mut h, format!("{}/", it.rel), io::empty())
+                    .map_err(io_err(format!("archiving {}", it.rel)))?;
+            }
+            Kind::File => {
+                let f = File::open(&it.abs).map_err(io_err(format!("reading {}", it.rel)))?;
+                let mut h = header(tar::EntryType::Regular, it.mode, it.size);
+                b.append_data(&mut h, &it.rel, f.take(it.size)).map_err(io_err(format!("archiving {}", it.rel)))?;
+                raw_bytes += it.size;
+            }
+            Kind::Symlink(target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                b.append_link(&mut h, &it.rel, target).map_err(io_err(format!("archiving link {}", it.rel)))?;
+            }
+        }
+    }
+    Ok(raw_bytes)
+}
+
+/// The outputs digest of what is on disk now (the same bytes [`pack`] hashes), without
+/// compressing or writing anything. `None` if an output is missing or unreadable.
+pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
+    let mut items = Vec::new();
+    for out in outputs {
+        collect(root, &normalize_output(out), &mut items).ok()?;
+    }
+    items.sort_by(|a, b| a.rel.cmp(&b.rel));
+    items.dedup_by(|a, b| a.rel == b.rel);
+    let mut b = tar::Builder::new(Hashing { inner: io::sink(), hasher: Some(blake3::Hasher::new()), count: 0 });
+    b.mode(tar::HeaderMode::Deterministic);
+    append_items(&mut b, &items).ok()?;
+    Some(b.get_mut().hasher.take().expect("set above").finalize().to_hex().to_string())
+}
+
 /// Pack `outputs` (relative to `root`) and logs into a temporary file in `tmp_dir`.
 pub fn pack(
     root: &Path,
@@ -223,34 +263,18 @@ pub fn pack(
     if workers > 1 {
         let _ = enc.multithread(workers);
     }
-    let tarw = Hashing { inner: enc, hasher: Some(blake3::Hasher::new()), count: 0 };
+    // Logs first, so they can be replayed without reading the whole archive; the outputs
+    // digest covers what follows them.
+    let tarw = Hashing { inner: enc, hasher: None, count: 0 };
     let mut b = tar::Builder::new(tarw);
     b.mode(tar::HeaderMode::Deterministic);
-    let mut raw_bytes = 0;
-    for it in &items {
-        match &it.kind {
-            Kind::Dir => {
-                let mut h = header(tar::EntryType::Directory, it.mode, 0);
-                b.append_data(&mut h, format!("{}/", it.rel), io::empty())
-                    .map_err(io_err(format!("archiving {}", it.rel)))?;
-            }
-            Kind::File => {
-                let f = File::open(&it.abs).map_err(io_err(format!("reading {}", it.rel)))?;
-                let mut h = header(tar::EntryType::Regular, it.mode, it.size);
-                b.append_data(&mut h, &it.rel, f.take(it.size)).map_err(io_err(format!("archiving {}", it.rel)))?;
-                raw_bytes += it.size;
-            }
-            Kind::Symlink(target) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                b.append_link(&mut h, &it.rel, target).map_err(io_err(format!("archiving link {}", it.rel)))?;
-            }
-        }
-    }
-    let outputs_digest = b.get_mut().hasher.take().expect("set above").finalize().to_hex().to_string();
     for (name, bytes) in logs {
         let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
         b.append_data(&mut h, name, *bytes).map_err(io_err("archiving logs"))?;
     }
+    b.get_mut().hasher = Some(blake3::Hasher::new());
+    let raw_bytes = append_items(&mut b, &items)?;
+    let outputs_digest = b.get_mut().hasher.take().expect("set above").finalize().to_hex().to_string();
     let tarw = b.into_inner().map_err(io_err("finishing the archive"))?;
     let blob = tarw.inner.finish().map_err(io_err("finishing zstd"))?;
     let blob_digest = blob.hasher.expect("set above").finalize().to_hex().to_string();
@@ -435,6 +459,27 @@ pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits
         return Err(ArchiveError::Digest { expected: expected_digest.to_string(), found });
     }
     Ok(out)
+}
+
+/// Read only the logs at the start of an archive (no verification: nothing is extracted).
+pub fn read_logs(blob: &Path) -> Result<(Vec<u8>, Vec<u8>), ArchiveError> {
+    let file = File::open(blob).map_err(io_err(format!("opening blob {}", blob.display())))?;
+    let dec = zstd::stream::Decoder::new(file).map_err(io_err("starting zstd"))?;
+    let mut archive = tar::Archive::new(dec);
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for entry in archive.entries().map_err(io_err("reading the archive"))? {
+        let entry = entry.map_err(io_err("reading an archive entry"))?;
+        let path = entry.path_bytes().into_owned();
+        let target = if path == LOG_STDOUT.as_bytes() {
+            &mut stdout
+        } else if path == LOG_STDERR.as_bytes() {
+            &mut stderr
+        } else {
+            break;
+        };
+        entry.take(Limits::default().max_log_bytes).read_to_end(target).map_err(io_err("reading a log"))?;
+    }
+    Ok((stdout, stderr))
 }
 
 /// A process-unique counter for temporary names.

@@ -47,6 +47,15 @@ const MIGRATIONS: &[&str] = &[
         pipeline TEXT NOT NULL,
         summary TEXT NOT NULL
     );",
+    // 2: what each step last installed in a working tree, to skip restoring outputs in place.
+    "CREATE TABLE installed (
+        root TEXT NOT NULL,
+        step TEXT NOT NULL,
+        outputs_digest TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        recorded_ns INTEGER NOT NULL,
+        PRIMARY KEY (root, step)
+    );",
 ];
 
 /// One row of `entries`.
@@ -279,6 +288,27 @@ impl Index {
             }
         }
         tx.commit().map_err(ctx("stat cache"))
+    }
+
+    pub fn installed(&self, root: &str, step: &str) -> Result<Option<(String, String, i64)>, IndexError> {
+        self.conn
+            .query_row(
+                "SELECT outputs_digest, fingerprint, recorded_ns FROM installed WHERE root = ?1 AND step = ?2",
+                [root, step],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(ctx("installed"))
+    }
+
+    pub fn set_installed(&self, root: &str, step: &str, digest: &str, fp: &str, at: i64) -> Result<(), IndexError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO installed (root, step, outputs_digest, fingerprint, recorded_ns) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![root, step, digest, fp, at],
+            )
+            .map_err(ctx("installed"))?;
+        Ok(())
     }
 
     pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), IndexError> {

@@ -163,6 +163,53 @@ impl Store {
         Ok(self.index().latest_for_step(step, except_key)?.map(Entry::from))
     }
 
+    /// Record that `step`'s outputs in `root` are now those of `outputs_digest`.
+    pub fn record_installed(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        if let Some((fp, _)) = crate::inputs::outputs_fingerprint(root, outputs) {
+            let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, &fp, now);
+        }
+    }
+
+    /// Are `step`'s outputs in `root` still exactly what an earlier run or restore of
+    /// `outputs_digest` left there? (Stat fingerprint, with the racy-window guard.)
+    pub fn outputs_in_place(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) -> bool {
+        let Ok(Some((digest, fp, recorded))) = self.index().installed(&root.display().to_string(), step) else {
+            return false;
+        };
+        if digest != outputs_digest {
+            return false;
+        }
+        match crate::inputs::outputs_fingerprint(root, outputs) {
+            Some((now_fp, newest)) if now_fp == fp => {
+                if newest + crate::inputs::RACY_WINDOW.as_nanos() as i64 <= recorded {
+                    return true;
+                }
+                // Recorded within the racy window: a same-granule change could hide behind an
+                // unchanged stat. Check the content, then record again (no longer racy).
+                let same = archive::outputs_digest(root, outputs).is_some_and(|d| d == outputs_digest);
+                if same {
+                    self.record_installed(root, step, outputs, outputs_digest);
+                }
+                same
+            }
+            _ => false,
+        }
+    }
+
+    /// Replay an entry's logs without restoring its outputs.
+    pub fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        archive::read_logs(&self.blob_path(&entry.blob)).or_else(|e| {
+            if e.is_bad_blob() {
+                self.drop_entry(&entry.key, &format!("corrupt: {e}"))?;
+            }
+            Err(e.into())
+        })
+    }
+
     /// Restore an entry's outputs into `root` transactionally; returns its logs.
     ///
     /// On a missing or corrupt blob the entry is dropped and the error says so; the caller

@@ -468,7 +468,26 @@ impl Job<'_> {
                 }
                 Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
                     let started = Instant::now();
-                    match b.store.restore(&entry, &b.root, &node.step.outputs) {
+                    let in_place = has_outputs
+                        && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                    let restored = if in_place {
+                        b.store.read_logs(&entry).map(|(stdout, stderr)| crate::cache::Restored {
+                            unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
+                            bytes: 0,
+                        })
+                    } else {
+                        b.store.restore(&entry, &b.root, &node.step.outputs).inspect(|_| {
+                            if has_outputs {
+                                b.store.record_installed(
+                                    &b.root,
+                                    &node.name,
+                                    &node.step.outputs,
+                                    &entry.outputs_digest,
+                                );
+                            }
+                        })
+                    };
+                    match restored {
                         Ok(restored) => {
                             for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)]
                             {
@@ -613,6 +632,7 @@ impl Job<'_> {
                     Ok(entry) => {
                         report.bytes_stored = blob_size;
                         if has_outputs {
+                            b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
                             report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
                         }
                     }

@@ -272,3 +272,22 @@ fn a_matrix_step_runs_once_per_combination_with_separate_keys() {
     assert_eq!(c.build(&[]), ["t-26-1.17", "t-26-1.18", "t-27-1.17", "t-27-1.18"]);
     assert!(c.build(&[]).is_empty());
 }
+
+#[test]
+fn outputs_already_in_place_are_not_rewritten_but_edited_outputs_are_restored() {
+    let c = chain();
+    c.build(&[]);
+    // Outside the racy window, a no-op leaves the output files untouched (same inode, mtime).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    c.build(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let before = std::fs::metadata(c.p.path().join("out/a.txt")).unwrap();
+    assert!(c.build(&[]).is_empty());
+    let after = std::fs::metadata(c.p.path().join("out/a.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((before.ino(), before.mtime_nsec()), (after.ino(), after.mtime_nsec()), "not rewritten");
+    // An output edited by hand no longer matches: the hit restores the stored bytes.
+    c.p.write("out/a.txt", "tampered\n");
+    assert!(c.build(&[]).is_empty());
+    assert_eq!(c.p.read("out/a.txt"), "alpha\n");
+}

@@ -38,10 +38,15 @@ fn expect_outputs(p: &Project, n: u32) {
 #[test]
 fn kill_9_during_store_never_leaves_a_corrupt_entry() {
     let p = Project::new().pipeline(PIPELINE).file("src/n.txt", "0");
-    // Measure one uninterrupted build so kills spread over its whole duration.
-    let t = Instant::now();
-    assert!(build(&p).wait().unwrap().success());
-    let full = t.elapsed().max(Duration::from_millis(50));
+    // Measure uninterrupted builds (the slowest of three, since other tests load the machine)
+    // so kills spread over the whole run, commit included.
+    let mut full = Duration::from_millis(50);
+    for n in 0..3 {
+        p.write("src/n.txt", &format!("warmup {n}"));
+        let t = Instant::now();
+        assert!(build(&p).wait().unwrap().success());
+        full = full.max(t.elapsed());
+    }
     let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
     let mut killed_mid_run = 0;
     for n in 1..=100u32 {
@@ -50,7 +55,7 @@ fn kill_9_during_store_never_leaves_a_corrupt_entry() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let delay = full.mul_f64((rng % 1000) as f64 / 1000.0 * 1.2);
+        let delay = full.mul_f64((rng % 1000) as f64 / 1000.0 * 1.5);
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             killed_mid_run += 1;
@@ -62,7 +67,7 @@ fn kill_9_during_store_never_leaves_a_corrupt_entry() {
         let v = p.run(&["cache", "verify", "--cache-dir", "cache"]);
         assert_eq!(v.code, 0, "verify after kill {n}: {}{}", v.stdout, v.stderr);
     }
-    assert!(killed_mid_run >= 30, "most kills should land while cairn runs (got {killed_mid_run})");
+    assert!(killed_mid_run >= 25, "most kills should land while cairn runs (got {killed_mid_run})");
     // Every committed entry restores exactly what its run produced; the others run again.
     let mut hits = 0;
     for n in (1..=100u32).step_by(3) {
