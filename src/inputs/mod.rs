@@ -304,6 +304,32 @@ pub fn scan(
     Ok(snapshot)
 }
 
+/// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
+/// relative path, type, size, mode, mtime and inode, in sorted order; and the newest mtime seen.
+/// Used to skip restoring outputs that are already in place. `None` if an output is missing.
+pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
+    let mut h = blake3::Hasher::new();
+    let mut newest = 0i64;
+    for out in outputs {
+        let rel = out.trim_start_matches("./").trim_end_matches('/');
+        let top = root.join(rel);
+        std::fs::symlink_metadata(&top).ok()?;
+        for e in walkdir::WalkDir::new(&top).sort_by_file_name().follow_links(false) {
+            let e = e.ok()?;
+            let m = e.metadata().ok()?;
+            let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+            newest = newest.max(mtime);
+            let p = e.path().strip_prefix(root).ok()?;
+            h.update(p.as_os_str().as_encoded_bytes());
+            h.update(&[0]);
+            for v in [m.len(), u64::from(m.mode()), mtime as u64, m.ino(), m.ctime() as u64] {
+                h.update(&v.to_le_bytes());
+            }
+        }
+    }
+    Some((h.finalize().to_hex().to_string(), newest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,30 +388,4 @@ mod tests {
         assert_eq!(fourth.stats.hashed, 1);
         assert_eq!(fourth.per_step[0]["a.txt"].digest, blake3::hash(b"two!").to_hex().to_string());
     }
-}
-
-/// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
-/// relative path, type, size, mode, mtime and inode, in sorted order; and the newest mtime seen.
-/// Used to skip restoring outputs that are already in place. `None` if an output is missing.
-pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
-    let mut h = blake3::Hasher::new();
-    let mut newest = 0i64;
-    for out in outputs {
-        let rel = out.trim_start_matches("./").trim_end_matches('/');
-        let top = root.join(rel);
-        std::fs::symlink_metadata(&top).ok()?;
-        for e in walkdir::WalkDir::new(&top).sort_by_file_name().follow_links(false) {
-            let e = e.ok()?;
-            let m = e.metadata().ok()?;
-            let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-            newest = newest.max(mtime);
-            let p = e.path().strip_prefix(root).ok()?;
-            h.update(p.as_os_str().as_encoded_bytes());
-            h.update(&[0]);
-            for v in [m.len(), u64::from(m.mode()), mtime as u64, m.ino(), m.ctime() as u64] {
-                h.update(&v.to_le_bytes());
-            }
-        }
-    }
-    Some((h.finalize().to_hex().to_string(), newest))
 }
