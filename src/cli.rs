@@ -42,6 +42,57 @@ pub enum Command {
     /// Inspect and maintain the local store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Explain what changed in a step's key since its previous entry.
+    Why(WhyArgs),
+    /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The step (a matrix step's name explains every expansion).
+    pub step: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// How many recent runs to show (and plot in --html).
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// Compare two runs step by step: ids, id prefixes, `last`, `last~1` ...
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"])]
+    pub diff: Option<Vec<String>>,
+    /// The run for --html / --trace / --badge (default: the last one).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Write a self-contained HTML page: timeline and hit-rate trend.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write Chrome trace-event JSON (open in Perfetto).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Write an SVG status badge.
+    #[arg(long, value_name = "FILE")]
+    pub badge: Option<PathBuf>,
+    /// History as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SummaryFormat {
+    Table,
+    Json,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,6 +171,12 @@ pub struct BuildArgs {
     /// Don't stream step output (the stored logs keep it).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// The end-of-run summary: a table on stderr, JSON on stdout, or none.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Table)]
+    pub summary: SummaryFormat,
+    /// Also write the summary JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub summary_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

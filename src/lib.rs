@@ -56,5 +56,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Plan(args) => commands::plan::run(&args),
         Command::Build(args) => commands::build::run(&args),
         Command::Cache(cmd) => commands::cache::run(&cmd),
+        Command::Why(args) => commands::why::run(&args),
+        Command::Report(args) => commands::report::run(&args),
     }
 }

@@ -120,6 +120,8 @@ pub struct Packed {
     pub blob_size: u64,
     pub files: u64,
     pub raw_bytes: u64,
+    /// Total size of the logs (0: a hit has nothing to replay and needn't open the blob).
+    pub log_bytes: u64,
 }
 
 enum Kind {
@@ -282,7 +284,8 @@ pub fn pack(
     let file =
         blob.inner.into_inner().map_err(|e| ArchiveError::Io { context: "flushing".into(), source: e.into_error() })?;
     file.sync_all().map_err(io_err("syncing the archive"))?;
-    Ok(Packed { tmp_path, blob_digest, outputs_digest, blob_size, files: items.len() as u64, raw_bytes })
+    let log_bytes = logs.iter().map(|(_, b)| b.len() as u64).sum();
+    Ok(Packed { tmp_path, blob_digest, outputs_digest, blob_size, files: items.len() as u64, raw_bytes, log_bytes })
 }
 
 /// What came out of an archive besides the staged files.
@@ -343,18 +346,96 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
     true
 }
 
+/// Files up to this size are handed to writer threads; larger ones are written by the reader.
+const PARALLEL_FILE_MAX: u64 = 256 << 10;
+/// Writer threads: creating many small files is bound by system calls, not by a core.
+const WRITERS: usize = 4;
+
+struct FileJob {
+    dest: PathBuf,
+    raw: String,
+    mode: u32,
+    data: Vec<u8>,
+}
+
+fn write_file(dest: &Path, raw: &str, mode: u32, reader: &mut dyn Read, size: u64) -> Result<(), ArchiveError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode | 0o600)
+        .open(dest)
+        .map_err(io_err(format!("creating {raw}")))?;
+    let mut w = BufWriter::with_capacity(256 << 10, f);
+    let copied = io::copy(&mut reader.take(size), &mut w).map_err(io_err(format!("writing {raw}")))?;
+    if copied != size {
+        return Err(unsafe_entry(raw, "truncated entry"));
+    }
+    w.flush().map_err(io_err(format!("writing {raw}")))
+}
+
+/// Write a whole small file at once (no buffer: most restored files are small).
+fn write_bytes(dest: &Path, raw: &str, mode: u32, data: &[u8]) -> Result<(), ArchiveError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode | 0o600)
+        .open(dest)
+        .map_err(io_err(format!("creating {raw}")))?;
+    f.write_all(data).map_err(io_err(format!("writing {raw}")))
+}
+
 /// Extract `blob` into the empty directory `staging`, verifying its digest.
+///
+/// One thread reads, validates and decompresses; small files are written by a pool of
+/// writer threads. Anything refused stops the extraction; the caller removes `staging`.
 pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits) -> Result<Unpacked, ArchiveError> {
     let file = File::open(blob).map_err(io_err(format!("opening blob {}", blob.display())))?;
+    fs::create_dir_all(staging).map_err(io_err("creating the staging directory"))?;
+    let first_error: std::sync::Mutex<Option<ArchiveError>> = std::sync::Mutex::new(None);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<FileJob>(256);
+    let rx = std::sync::Mutex::new(rx);
+    let result = std::thread::scope(|s| {
+        for _ in 0..WRITERS {
+            s.spawn(|| loop {
+                let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                if let Err(e) = write_bytes(&job.dest, &job.raw, job.mode, &job.data) {
+                    first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                }
+            });
+        }
+        let r = read_entries(file, expected_digest, staging, limits, &tx, &first_error);
+        drop(tx);
+        r
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    result
+}
+
+fn read_entries(
+    file: File,
+    expected_digest: &str,
+    staging: &Path,
+    limits: Limits,
+    tx: &std::sync::mpsc::SyncSender<FileJob>,
+    writer_error: &std::sync::Mutex<Option<ArchiveError>>,
+) -> Result<Unpacked, ArchiveError> {
     let reader = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
     let dec = zstd::stream::Decoder::with_buffer(BufReader::new(reader)).map_err(io_err("starting zstd"))?;
     let mut archive = tar::Archive::new(dec);
     let mut out = Unpacked::default();
     let mut seen: HashSet<PathBuf> = HashSet::new();
     let mut symlinks: HashSet<PathBuf> = HashSet::new();
-    fs::create_dir_all(staging).map_err(io_err("creating the staging directory"))?;
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     let entries = archive.entries().map_err(io_err("reading the archive"))?;
     for entry in entries {
+        if writer_error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            break;
+        }
         let mut entry =
             entry.map_err(|e| ArchiveError::Io { context: "reading an archive entry".into(), source: e })?;
         let raw_bytes = entry.path_bytes().into_owned();
@@ -396,33 +477,40 @@ pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits
         }
         let dest = staging.join(&rel);
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777 & !0o022;
+        let mut ensure_parent = |dest: &Path, raw: &str| -> Result<(), ArchiveError> {
+            if let Some(parent) = dest.parent() {
+                if !dirs.contains(parent) {
+                    fs::create_dir_all(parent).map_err(io_err(format!("creating parent of {raw}")))?;
+                    dirs.insert(parent.to_path_buf());
+                }
+            }
+            Ok(())
+        };
         match kind {
             tar::EntryType::Directory => {
                 fs::create_dir_all(&dest).map_err(io_err(format!("creating {raw}")))?;
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
                     .map_err(io_err(format!("chmod {raw}")))?;
+                dirs.insert(dest);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 out.bytes += size;
                 if out.bytes > limits.max_bytes {
                     return Err(unsafe_entry(&raw, "archive expands beyond the byte budget"));
                 }
-                if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(format!("creating parent of {raw}")))?;
+                ensure_parent(&dest, &raw)?;
+                if size <= PARALLEL_FILE_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    (&mut entry).take(size).read_to_end(&mut data).map_err(io_err(format!("reading {raw}")))?;
+                    if data.len() as u64 != size {
+                        return Err(unsafe_entry(&raw, "truncated entry"));
+                    }
+                    if tx.send(FileJob { dest, raw, mode, data }).is_err() {
+                        break;
+                    }
+                } else {
+                    write_file(&dest, &raw, mode, &mut entry, size)?;
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode | 0o600)
-                    .open(&dest)
-                    .map_err(io_err(format!("creating {raw}")))?;
-                let mut w = BufWriter::with_capacity(256 << 10, f);
-                let copied =
-                    io::copy(&mut (&mut entry).take(size), &mut w).map_err(io_err(format!("writing {raw}")))?;
-                if copied != size {
-                    return Err(unsafe_entry(&raw, "truncated entry"));
-                }
-                w.flush().map_err(io_err(format!("writing {raw}")))?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -436,9 +524,7 @@ pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits
                         format!("symlink target `{}` leaves the output root", target.display()),
                     ));
                 }
-                if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).map_err(io_err(format!("creating parent of {raw}")))?;
-                }
+                ensure_parent(&dest, &raw)?;
                 std::os::unix::fs::symlink(&target, &dest).map_err(io_err(format!("creating link {raw}")))?;
                 symlinks.insert(rel);
             }

@@ -56,7 +56,86 @@ const MIGRATIONS: &[&str] = &[
         recorded_ns INTEGER NOT NULL,
         PRIMARY KEY (root, step)
     );",
+    // 3: contents of lock files seen as inputs, by digest, for structural `cairn why` diffs.
+    "CREATE TABLE snapshots (digest TEXT PRIMARY KEY, content TEXT NOT NULL);",
+    // 4: the stat cache as one compact row per project root (loading 20k rows one by one cost
+    // more than walking the tree); the row-per-file table of migration 1 is no longer used.
+    "CREATE TABLE stat_blobs (root TEXT PRIMARY KEY, data BLOB NOT NULL);
+     DELETE FROM stat_cache;",
+    // 5: log sizes, so a hit without logs needn't open its blob (-1: unknown).
+    "ALTER TABLE entries ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT -1;",
 ];
+
+fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(map.len() * 100);
+    for (path, e) in map {
+        let Ok(digest) = hex32(&e.digest) else { continue };
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        for v in [e.size, e.mtime_ns as u64, e.ctime_ns as u64, e.ino, e.recorded_ns as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(u8::from(e.exec));
+        out.extend_from_slice(&digest);
+    }
+    out
+}
+
+fn hex32(s: &str) -> Result<[u8; 32], ()> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return Err(());
+    }
+    let mut out = [0u8; 32];
+    let val = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(()),
+    };
+    for i in 0..32 {
+        out[i] = val(b[2 * i])? << 4 | val(b[2 * i + 1])?;
+    }
+    Ok(out)
+}
+
+fn decode_stat_cache(data: &[u8]) -> HashMap<String, StatEntry> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut map = HashMap::new();
+    let mut i = 0;
+    let take = |i: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = data.get(*i..*i + n)?;
+        *i += n;
+        Some(s)
+    };
+    let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    while i < data.len() {
+        let Some(len) = take(&mut i, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize) else {
+            break;
+        };
+        let Some(path) = take(&mut i, len).and_then(|b| std::str::from_utf8(b).ok()).map(String::from) else { break };
+        let Some(nums) = take(&mut i, 40) else { break };
+        let Some(exec) = take(&mut i, 1).map(|b| b[0] != 0) else { break };
+        let Some(d) = take(&mut i, 32) else { break };
+        let mut digest = String::with_capacity(64);
+        for byte in d {
+            digest.push(HEX[(byte >> 4) as usize] as char);
+            digest.push(HEX[(byte & 15) as usize] as char);
+        }
+        map.insert(
+            path,
+            StatEntry {
+                size: u64_at(&nums[0..8]),
+                mtime_ns: u64_at(&nums[8..16]) as i64,
+                ctime_ns: u64_at(&nums[16..24]) as i64,
+                ino: u64_at(&nums[24..32]),
+                recorded_ns: u64_at(&nums[32..40]) as i64,
+                exec,
+                digest,
+            },
+        );
+    }
+    map
+}
 
 /// One row of `entries`.
 #[derive(Debug, Clone)]
@@ -71,6 +150,7 @@ pub struct Row {
     pub created_at: i64,
     pub last_used: i64,
     pub pinned: bool,
+    pub log_bytes: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +169,7 @@ pub struct Index {
 }
 
 const COLUMNS: &str =
-    "key, step, blob, outputs_digest, manifest, duration_ms, blob_size, created_at, last_used, pinned";
+    "key, step, blob, outputs_digest, manifest, duration_ms, blob_size, created_at, last_used, pinned, log_bytes";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -103,6 +183,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
         created_at: r.get(7)?,
         last_used: r.get(8)?,
         pinned: r.get::<_, i64>(9)? != 0,
+        log_bytes: r.get(10)?,
     })
 }
 
@@ -118,6 +199,9 @@ impl Index {
     }
 
     fn migrate(&mut self) -> Result<(), IndexError> {
+        if self.schema_version() == MIGRATIONS.len() as i64 {
+            return Ok(()); // up to date: no write transaction needed
+        }
         let tx =
             self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(ctx("migrate"))?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(ctx("read version"))?;
@@ -162,7 +246,9 @@ impl Index {
     pub fn insert(&self, r: &Row) -> Result<(), IndexError> {
         self.conn
             .execute(
-                &format!("INSERT OR REPLACE INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                &format!(
+                    "INSERT OR REPLACE INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
                 params![
                     r.key,
                     r.step,
@@ -173,7 +259,8 @@ impl Index {
                     r.blob_size as i64,
                     r.created_at,
                     r.last_used,
-                    r.pinned as i64
+                    r.pinned as i64,
+                    r.log_bytes
                 ],
             )
             .map_err(ctx("insert"))?;
@@ -235,59 +322,34 @@ impl Index {
     }
 
     pub fn load_stat_cache(&self, root: &str) -> Result<HashMap<String, StatEntry>, IndexError> {
-        let mut st = self
+        let data: Option<Vec<u8>> = self
             .conn
-            .prepare(
-                "SELECT path, size, mtime_ns, ctime_ns, ino, exec, digest, recorded_ns FROM stat_cache WHERE root = ?1",
-            )
+            .query_row("SELECT data FROM stat_blobs WHERE root = ?1", [root], |r| r.get(0))
+            .optional()
             .map_err(ctx("stat cache"))?;
-        let rows = st
-            .query_map([root], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    StatEntry {
-                        size: r.get::<_, i64>(1)? as u64,
-                        mtime_ns: r.get(2)?,
-                        ctime_ns: r.get(3)?,
-                        ino: r.get::<_, i64>(4)? as u64,
-                        exec: r.get::<_, i64>(5)? != 0,
-                        digest: r.get(6)?,
-                        recorded_ns: r.get(7)?,
-                    },
-                ))
-            })
-            .map_err(ctx("stat cache"))?;
-        rows.collect::<Result<HashMap<_, _>, _>>().map_err(ctx("stat cache"))
+        Ok(data.map(|d| decode_stat_cache(&d)).unwrap_or_default())
     }
 
-    pub fn save_stat_cache(&mut self, root: &str, rows: &[(String, StatEntry)]) -> Result<(), IndexError> {
+    /// Merge `rows` into the stat cache of `root`.
+    pub fn save_stat_cache(
+        &mut self,
+        root: &str,
+        mut base: HashMap<String, StatEntry>,
+        rows: &[(String, StatEntry)],
+    ) -> Result<(), IndexError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction().map_err(ctx("stat cache"))?;
-        {
-            let mut st = tx
-                .prepare(
-                    "INSERT OR REPLACE INTO stat_cache (root, path, size, mtime_ns, ctime_ns, ino, exec, digest, recorded_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(ctx("stat cache"))?;
-            for (path, e) in rows {
-                st.execute(params![
-                    root,
-                    path,
-                    e.size as i64,
-                    e.mtime_ns,
-                    e.ctime_ns,
-                    e.ino as i64,
-                    e.exec as i64,
-                    e.digest,
-                    e.recorded_ns
-                ])
-                .map_err(ctx("stat cache"))?;
-            }
+        for (path, e) in rows {
+            base.insert(path.clone(), e.clone());
         }
-        tx.commit().map_err(ctx("stat cache"))
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO stat_blobs (root, data) VALUES (?1, ?2)",
+                params![root, encode_stat_cache(&base)],
+            )
+            .map_err(ctx("stat cache"))?;
+        Ok(())
     }
 
     pub fn installed(&self, root: &str, step: &str) -> Result<Option<(String, String, i64)>, IndexError> {
@@ -309,6 +371,20 @@ impl Index {
             )
             .map_err(ctx("installed"))?;
         Ok(())
+    }
+
+    pub fn save_snapshot(&self, digest: &str, content: &str) -> Result<(), IndexError> {
+        self.conn
+            .execute("INSERT OR IGNORE INTO snapshots (digest, content) VALUES (?1, ?2)", params![digest, content])
+            .map_err(ctx("snapshot"))?;
+        Ok(())
+    }
+
+    pub fn snapshot(&self, digest: &str) -> Result<Option<String>, IndexError> {
+        self.conn
+            .query_row("SELECT content FROM snapshots WHERE digest = ?1", [digest], |r| r.get(0))
+            .optional()
+            .map_err(ctx("snapshot"))
     }
 
     pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), IndexError> {
@@ -339,6 +415,25 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_cache_round_trips() {
+        let t = tempfile::tempdir().unwrap();
+        let mut idx = Index::open(&t.path().join("i.sqlite")).unwrap();
+        let e = StatEntry {
+            size: 5,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 1_700_000_000_223_456_789,
+            ino: 42,
+            exec: true,
+            digest: blake3::hash(b"x").to_hex().to_string(),
+            recorded_ns: 1_700_000_100_000_000_000,
+        };
+        idx.save_stat_cache("/r", HashMap::new(), &[("a/b.txt".into(), e.clone())]).unwrap();
+        let m = idx.load_stat_cache("/r").unwrap();
+        assert_eq!(m["a/b.txt"], e);
+        assert!(idx.load_stat_cache("/other").unwrap().is_empty());
+    }
 
     #[test]
     fn migrating_twice_is_a_no_op() {

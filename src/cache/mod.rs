@@ -52,6 +52,8 @@ pub struct Entry {
     pub created_at: i64,
     pub last_used: i64,
     pub pinned: bool,
+    /// Size of the stored logs; -1 when unknown.
+    pub log_bytes: i64,
 }
 
 impl From<Row> for Entry {
@@ -67,6 +69,7 @@ impl From<Row> for Entry {
             created_at: r.created_at,
             last_used: r.last_used,
             pinned: r.pinned,
+            log_bytes: r.log_bytes,
         }
     }
 }
@@ -202,6 +205,9 @@ impl Store {
 
     /// Replay an entry's logs without restoring its outputs.
     pub fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        if entry.log_bytes == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
         archive::read_logs(&self.blob_path(&entry.blob)).or_else(|e| {
             if e.is_bad_blob() {
                 self.drop_entry(&entry.key, &format!("corrupt: {e}"))?;
@@ -218,8 +224,14 @@ impl Store {
         let blob = self.blob_path(&entry.blob);
         let work = root.join(".cairn-tmp");
         let staging = work.join(format!("restore-{}", archive::unique()));
-        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default())
-            .and_then(|u| archive::install(&staging, root, outputs, &work).map(|()| u));
+        let t = std::time::Instant::now();
+        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default()).and_then(|u| {
+            crate::exec::timing("restore: unpack", t);
+            let t = std::time::Instant::now();
+            let r = archive::install(&staging, root, outputs, &work).map(|()| u);
+            crate::exec::timing("restore: install", t);
+            r
+        });
         let _ = archive::remove_any(&staging);
         let _ = fs::remove_dir(&work);
         match result {
@@ -261,8 +273,22 @@ impl Store {
         Ok(self.index().load_stat_cache(root)?)
     }
 
-    pub fn save_stat_cache(&self, root: &str, rows: &[(String, StatEntry)]) -> Result<(), StoreError> {
-        Ok(self.index().save_stat_cache(root, rows)?)
+    pub fn save_stat_cache(
+        &self,
+        root: &str,
+        base: std::collections::HashMap<String, StatEntry>,
+        rows: &[(String, StatEntry)],
+    ) -> Result<(), StoreError> {
+        Ok(self.index().save_stat_cache(root, base, rows)?)
+    }
+
+    /// Keep a lock file's content by digest (for structural diffs in `cairn why`).
+    pub fn save_snapshot(&self, digest: &str, content: &str) {
+        let _ = self.index().save_snapshot(digest, content);
+    }
+
+    pub fn snapshot(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.index().snapshot(digest)?)
     }
 
     pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), StoreError> {
@@ -411,6 +437,7 @@ impl Pending {
             created_at: now,
             last_used: now,
             pinned: false,
+            log_bytes: packed.log_bytes as i64,
         };
         store.index().insert(&row)?;
         Ok(row.into())

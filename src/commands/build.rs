@@ -1,7 +1,7 @@
 //! `cairn build`: run steps, restoring unchanged ones from the store.
 
 use super::{load_pipeline, open_store, project_root};
-use crate::cli::BuildArgs;
+use crate::cli::{BuildArgs, SummaryFormat};
 use crate::error::Error;
 use crate::exec::{self, process, Build};
 use crate::plan::Graph;
@@ -9,6 +9,7 @@ use crate::report;
 use std::io::IsTerminal;
 
 pub fn run(args: &BuildArgs) -> Result<(), Error> {
+    let t_all = std::time::Instant::now();
     let p = load_pipeline(&args.pipeline.pipeline)?;
     let g = Graph::build(&p)?;
     let root = project_root(&args.pipeline.pipeline);
@@ -47,16 +48,46 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         console: &console,
         zstd_level: 3,
     };
+    exec::timing("load and prepare", t_all);
+    let t = std::time::Instant::now();
     let outcome = build.run(&prepared);
+    exec::timing("dispatch", t);
+    exec::print_phases();
+    let t = std::time::Instant::now();
     let id = format!("{started_at}-{}", std::process::id());
     let summary = report::summarize(&id, &args.pipeline.pipeline.display().to_string(), started_at, &outcome, &g);
-    let json = serde_json::to_string(&summary).expect("summaries serialise");
-    let json = prepared.masker.mask(&json);
+    // Mask once; everything below (store, stdout, files, renderers) sees only the masked summary.
+    let mut value = serde_json::to_value(&summary).expect("summaries serialise");
+    prepared.masker.mask_json(&mut value);
+    let json = value.to_string();
+    let summary: report::RunSummary = serde_json::from_value(value).expect("masking strings keeps the shape");
     if let Err(e) = store.save_run(&id, started_at, &summary.pipeline, &json) {
         eprintln!("warning: could not record the run: {e}");
     }
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    eprint!("{}", prepared.masker.mask(&report::table(&summary, color)));
+    match args.summary {
+        SummaryFormat::Table => eprint!("{}", report::table(&summary, color)),
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&summary).expect("json")),
+        SummaryFormat::None => {}
+    }
+    if let Some(path) = &args.summary_file {
+        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&summary).expect("json")) {
+            eprintln!("warning: cannot write {}: {e}", path.display());
+        }
+    }
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(report::render::markdown(&summary).as_bytes()));
+        if let Err(e) = written {
+            eprintln!("warning: cannot append to GITHUB_STEP_SUMMARY: {e}");
+        }
+    }
+    exec::timing("summary", t);
+    exec::timing("total", t_all);
     if outcome.interrupted {
         return Err(Error::Interrupted);
     }

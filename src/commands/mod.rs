@@ -6,6 +6,8 @@ pub mod cache;
 pub mod check;
 pub mod graph;
 pub mod plan;
+pub mod report;
+pub mod why;
 
 use crate::error::Error;
 use crate::model::Pipeline;

@@ -20,6 +20,13 @@ pub struct StepState {
     contribution: Option<Upstream>,
 }
 
+impl StepState {
+    /// What this step contributes to its dependents' keys, when known.
+    pub fn contribution(&self) -> Option<Upstream> {
+        self.contribution.clone()
+    }
+}
+
 /// Predict hit or will-run for each selected node, in topological order.
 pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store) -> BTreeMap<usize, StepState> {
     let mut out: BTreeMap<usize, StepState> = BTreeMap::new();
@@ -77,7 +84,7 @@ pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store
             Err(e) => StepState {
                 key: Some(key),
                 hit: false,
-                reasons: vec![DirtyReason::Corrupt { detail: e.to_string() }],
+                reasons: vec![DirtyReason::StoreError { detail: e.to_string() }],
                 contribution: None,
             },
         };

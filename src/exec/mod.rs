@@ -105,6 +105,30 @@ pub fn walk_options(p: &Pipeline, root: &Path, cache_dir: &Path, threads: usize)
     }
 }
 
+/// Phase timings on stderr when `CAIRN_TIMINGS` is set (for performance work).
+pub fn timing(label: &str, since: Instant) {
+    if std::env::var_os("CAIRN_TIMINGS").is_some() {
+        eprintln!("cairn timing: {label:<24} {:>8.1} ms", since.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+/// Accumulated per-phase time inside workers (nanoseconds), printed with `CAIRN_TIMINGS`.
+pub static PHASE_NS: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
+const PHASE_NAMES: [&str; 4] = ["worker: key", "worker: lookup", "worker: outputs in place", "worker: logs/restore"];
+
+fn phase(i: usize, since: Instant) {
+    PHASE_NS[i].fetch_add(since.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn print_phases() {
+    if std::env::var_os("CAIRN_TIMINGS").is_some() {
+        for (i, n) in PHASE_NAMES.iter().enumerate() {
+            let ns = PHASE_NS[i].load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!("cairn timing: {n:<24} {:>8.1} ms (summed over workers)", ns as f64 / 1e6);
+        }
+    }
+}
+
 /// Probe toolchains, resolve secrets, hash inputs.
 pub fn prepare(
     p: &Pipeline,
@@ -192,9 +216,24 @@ pub fn prepare(
     let walk = walk_options(p, root, cache_dir, threads);
     let step_in: Vec<StepInputs> = selected.iter().map(|&i| step_inputs(p, &g.nodes[i].step)).collect();
     let root_key = root.display().to_string();
+    let t = Instant::now();
     let cache = store.load_stat_cache(&root_key)?;
+    timing("load stat cache", t);
+    let t = Instant::now();
     let snap = inputs::scan(&walk, &step_in, &cache)?;
-    store.save_stat_cache(&root_key, &snap.updates)?;
+    timing("walk and hash inputs", t);
+    if std::env::var_os("CAIRN_TIMINGS").is_some() {
+        eprintln!(
+            "cairn timing: {} files, {} hashed ({} bytes), {} from the stat cache",
+            snap.stats.files, snap.stats.hashed, snap.stats.bytes_hashed, snap.stats.reused
+        );
+        for (p, _) in snap.updates.iter().take(3) {
+            eprintln!("cairn timing: hashed {p}");
+        }
+    }
+    let t = Instant::now();
+    store.save_stat_cache(&root_key, cache, &snap.updates)?;
+    timing("save stat cache", t);
 
     let mut manifests = BTreeMap::new();
     let mut inputs_by_node = BTreeMap::new();
@@ -239,7 +278,7 @@ pub fn prepare(
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     HitLocal,
@@ -317,12 +356,52 @@ impl BuildOutcome {
     }
 }
 
+/// Command slots: at most `jobs` step commands run at once, while more workers may look up,
+/// verify and restore entries concurrently (that work waits on the disk, not on a core).
+pub struct Slots {
+    free: std::sync::Mutex<usize>,
+    cv: std::sync::Condvar,
+}
+
+pub struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    pub fn new(n: usize) -> Slots {
+        Slots { free: std::sync::Mutex::new(n.max(1)), cv: std::sync::Condvar::new() }
+    }
+    /// Wait for a slot; `None` if the run was interrupted meanwhile.
+    pub fn acquire(&self) -> Option<SlotGuard<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if process::interrupted() {
+                return None;
+            }
+            if *free > 0 {
+                *free -= 1;
+                return Some(SlotGuard(self));
+            }
+            free = self.cv.wait_timeout(free, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// How many steps may be in flight (looking up, restoring, or waiting for a command slot).
+const IN_FLIGHT_PER_JOB: usize = 2;
+
 struct Job<'b> {
     node: usize,
     manifest: KeyManifest,
     worker: usize,
     build: &'b Build<'b>,
     prepared: &'b Prepared,
+    slots: &'b Slots,
     t0: Instant,
 }
 
@@ -340,6 +419,8 @@ impl Build<'_> {
         let mut running: BTreeMap<usize, usize> = BTreeMap::new(); // node → worker slot
         let mut halted = false;
         let (tx, rx) = mpsc::channel::<(usize, StepReport)>();
+        let slots = Slots::new(self.jobs);
+        let in_flight = self.jobs.max(1) * IN_FLIGHT_PER_JOB;
         std::thread::scope(|s| {
             loop {
                 if process::interrupted() {
@@ -367,7 +448,7 @@ impl Build<'_> {
                     if halted {
                         continue; // reported as cancelled once nothing runs any more
                     }
-                    if !needs.iter().all(|d| done.contains_key(d)) || running.len() >= self.jobs.max(1) {
+                    if !needs.iter().all(|d| done.contains_key(d)) || running.len() >= in_flight {
                         continue;
                     }
                     let mut manifest = prepared.manifests[&i].clone();
@@ -376,10 +457,10 @@ impl Build<'_> {
                             manifest.upstream.insert(g.nodes[d].name.clone(), c);
                         }
                     }
-                    let worker = (0..self.jobs.max(1)).find(|w| !running.values().any(|x| x == w)).unwrap_or(0);
+                    let worker = (0..in_flight).find(|w| !running.values().any(|x| x == w)).unwrap_or(0);
                     running.insert(i, worker);
                     let tx = tx.clone();
-                    let job = Job { node: i, manifest, worker, build: self, prepared, t0 };
+                    let job = Job { node: i, manifest, worker, build: self, prepared, slots: &slots, t0 };
                     s.spawn(move || {
                         let report = job.execute();
                         let _ = tx.send((job.node, report));
@@ -394,6 +475,20 @@ impl Build<'_> {
                         if report.status == Status::Failed && !self.keep_going {
                             halted = true;
                         }
+                        let line = format!(
+                            "cairn: [{}/{}] {} {} · running: {} · {:.1}s",
+                            done.len() + 1,
+                            self.selected.len(),
+                            report.name,
+                            report.status.as_str(),
+                            if running.is_empty() {
+                                "-".to_string()
+                            } else {
+                                running.keys().map(|&r| g.nodes[r].name.as_str()).collect::<Vec<_>>().join(", ")
+                            },
+                            t0.elapsed().as_secs_f64()
+                        );
+                        self.console.progress(&line);
                         done.insert(i, report);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -437,7 +532,9 @@ impl Job<'_> {
     fn execute(&self) -> StepReport {
         let b = self.build;
         let node = &b.graph.nodes[self.node];
+        let t = Instant::now();
         let key = self.manifest.key();
+        phase(0, t);
         let start_ms = self.t0.elapsed().as_millis() as u64;
         let mut report = StepReport {
             name: node.name.clone(),
@@ -461,15 +558,22 @@ impl Job<'_> {
         if !node.step.cache {
             report.reasons.push(DirtyReason::NotCacheable);
         } else {
-            match b.store.lookup(&node.name, self.manifest.clone()) {
+            let t = Instant::now();
+            let lookup = b.store.lookup(&node.name, self.manifest.clone());
+            phase(1, t);
+            match lookup {
                 Err(e) => {
+                    b.console.note(&format!("warning: {}: store lookup failed, running the step: {e}", node.name));
                     report.warnings.push(format!("store lookup failed: {e}"));
-                    report.reasons.push(DirtyReason::NoEntry);
+                    report.reasons.push(DirtyReason::StoreError { detail: e.to_string() });
                 }
                 Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
                     let started = Instant::now();
+                    let t = Instant::now();
                     let in_place = has_outputs
                         && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                    phase(2, t);
+                    let t = Instant::now();
                     let restored = if in_place {
                         b.store.read_logs(&entry).map(|(stdout, stderr)| crate::cache::Restored {
                             unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
@@ -487,6 +591,7 @@ impl Job<'_> {
                             }
                         })
                     };
+                    phase(3, t);
                     match restored {
                         Ok(restored) => {
                             for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)]
@@ -553,6 +658,12 @@ impl Job<'_> {
                 env.insert(s.clone(), v.clone());
             }
         }
+        let Some(_slot) = self.slots.acquire() else {
+            report.status = Status::Cancelled;
+            report.detail = Some("interrupted".into());
+            return report;
+        };
+        report.start_ms = self.t0.elapsed().as_millis() as u64;
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
         let outcome = process::run(
@@ -631,6 +742,13 @@ impl Job<'_> {
                 match pending.commit(b.store, packed, report.duration_ms) {
                     Ok(entry) => {
                         report.bytes_stored = blob_size;
+                        for (path, d) in &self.manifest.inputs {
+                            if crate::plan::lockfile::is_lockfile(path) {
+                                if let Ok(text) = std::fs::read_to_string(b.root.join(path)) {
+                                    b.store.save_snapshot(&d.digest, &text);
+                                }
+                            }
+                        }
                         if has_outputs {
                             b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
                             report.contribution = Some(Upstream::Outputs(entry.outputs_digest));

@@ -59,6 +59,13 @@ impl Console {
         }
     }
 
+    /// A progress line (suppressed with `--quiet`).
+    pub fn progress(&self, text: &str) {
+        if !self.quiet {
+            self.note(text);
+        }
+    }
+
     pub fn note(&self, text: &str) {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(std::io::stderr().lock(), "{text}");

@@ -95,7 +95,9 @@ impl Masker {
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
         let mut patterns = Vec::new();
         for v in values {
-            let mut forms = vec![v.to_string(), base64(v.as_bytes()), url_encode(v)];
+            let json = serde_json::to_string(v).unwrap_or_default();
+            let json_escaped = json.trim_matches('"').to_string();
+            let mut forms = vec![v.to_string(), base64(v.as_bytes()), url_encode(v), json_escaped];
             // base64 without padding, as many tools print it
             forms.push(base64(v.as_bytes()).trim_end_matches('=').to_string());
             for line in v.lines() {
@@ -125,6 +127,25 @@ impl Masker {
             }
         }
         out
+    }
+
+    /// Mask every string (and object key) inside a JSON value.
+    pub fn mask_json(&self, v: &mut serde_json::Value) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        match v {
+            serde_json::Value::String(s) => *s = self.mask(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.mask_json(x)),
+            serde_json::Value::Object(o) => {
+                let entries: Vec<(String, serde_json::Value)> = std::mem::take(o).into_iter().collect();
+                for (k, mut x) in entries {
+                    self.mask_json(&mut x);
+                    o.insert(self.mask(&k), x);
+                }
+            }
+            _ => {}
+        }
     }
 
     pub fn mask_bytes(&self, bytes: &[u8]) -> Vec<u8> {

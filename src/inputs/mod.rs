@@ -305,29 +305,44 @@ pub fn scan(
 }
 
 /// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
-/// relative path, type, size, mode, mtime and inode, in sorted order; and the newest mtime seen.
-/// Used to skip restoring outputs that are already in place. `None` if an output is missing.
+/// relative path, size, mode, mtime, ctime and inode, in sorted order; and the newest mtime
+/// seen. Used to skip restoring outputs that are already in place. `None` if an output is missing.
 pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
-    let mut h = blake3::Hasher::new();
-    let mut newest = 0i64;
-    for out in outputs {
-        let rel = out.trim_start_matches("./").trim_end_matches('/');
-        let top = root.join(rel);
-        std::fs::symlink_metadata(&top).ok()?;
-        for e in walkdir::WalkDir::new(&top).sort_by_file_name().follow_links(false) {
-            let e = e.ok()?;
-            let m = e.metadata().ok()?;
-            let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-            newest = newest.max(mtime);
-            let p = e.path().strip_prefix(root).ok()?;
-            h.update(p.as_os_str().as_encoded_bytes());
-            h.update(&[0]);
-            for v in [m.len(), u64::from(m.mode()), mtime as u64, m.ino(), m.ctime() as u64] {
-                h.update(&v.to_le_bytes());
+    fn visit(path: &Path, meta: &std::fs::Metadata, buf: &mut Vec<u8>, newest: &mut i64) -> Option<()> {
+        let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        *newest = (*newest).max(mtime);
+        buf.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        buf.push(0);
+        for v in [
+            meta.len(),
+            u64::from(meta.mode()),
+            mtime as u64,
+            meta.ino(),
+            (meta.ctime() * 1_000_000_000 + meta.ctime_nsec()) as u64,
+        ] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        if meta.is_dir() {
+            let mut children: Vec<(std::ffi::OsString, std::fs::Metadata)> = std::fs::read_dir(path)
+                .ok()?
+                .map(|e| e.and_then(|e| Ok((e.file_name(), e.metadata()?))))
+                .collect::<Result<_, _>>()
+                .ok()?;
+            children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (name, m) in children {
+                visit(&path.join(name), &m, buf, newest)?;
             }
         }
+        Some(())
     }
-    Some((h.finalize().to_hex().to_string(), newest))
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut newest = 0i64;
+    for out in outputs {
+        let top = root.join(out.trim_start_matches("./").trim_end_matches('/'));
+        let meta = std::fs::symlink_metadata(&top).ok()?;
+        visit(&top, &meta, &mut buf, &mut newest)?;
+    }
+    Some((blake3::hash(&buf).to_hex().to_string(), newest))
 }
 
 #[cfg(test)]

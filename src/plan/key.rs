@@ -159,6 +159,10 @@ pub enum DirtyReason {
     Corrupt {
         detail: String,
     },
+    /// The store could not be asked (an I/O or database error): not a plain miss.
+    StoreError {
+        detail: String,
+    },
     /// `--force`.
     Forced,
     /// `cache: false`.
@@ -188,6 +192,7 @@ impl DirtyReason {
             DirtyReason::OutputsChanged { .. } => "outputs-changed",
             DirtyReason::Evicted => "evicted",
             DirtyReason::Corrupt { .. } => "corrupt",
+            DirtyReason::StoreError { .. } => "store-error",
             DirtyReason::Forced => "forced",
             DirtyReason::NotCacheable => "not-cacheable",
             DirtyReason::UpstreamWillRun { .. } => "upstream-will-run",
@@ -218,6 +223,7 @@ impl DirtyReason {
             DirtyReason::OutputsChanged { .. } => "declared outputs changed".into(),
             DirtyReason::Evicted => "the entry was evicted from the store".into(),
             DirtyReason::Corrupt { detail } => format!("the stored entry was corrupt and dropped: {detail}"),
+            DirtyReason::StoreError { detail } => format!("the store could not be read: {detail}"),
             DirtyReason::Forced => "forced with --force".into(),
             DirtyReason::NotCacheable => "step has `cache: false`".into(),
             DirtyReason::UpstreamWillRun { step } => format!("upstream step {step} will run"),

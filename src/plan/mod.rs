@@ -10,6 +10,7 @@
 
 pub mod graph;
 pub mod key;
+pub mod lockfile;
 pub mod render;
 pub mod trigger;
 

@@ -4,13 +4,16 @@
 
 use crate::exec::{BuildOutcome, Status, StepReport};
 use crate::plan::Graph;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write;
+
+pub mod history;
+pub mod render;
 
 /// Bump when the summary's JSON shape changes incompatibly.
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepSummary {
     pub name: String,
     pub key: Option<String>,
@@ -30,7 +33,7 @@ pub struct StepSummary {
     pub warnings: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Totals {
     pub steps: usize,
     pub hits: usize,
@@ -47,13 +50,13 @@ pub struct Totals {
     pub files_from_stat_cache: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub schema_version: u32,
     pub id: String,
     pub pipeline: String,
     pub started_at_ms: i64,
-    pub result: &'static str,
+    pub result: String,
     pub steps: Vec<StepSummary>,
     pub totals: Totals,
     /// Step names on the longest chain of `needs` by duration.
@@ -157,7 +160,7 @@ pub fn summarize(id: &str, pipeline: &str, started_at_ms: i64, outcome: &BuildOu
         id: id.to_string(),
         pipeline: pipeline.to_string(),
         started_at_ms,
-        result,
+        result: result.to_string(),
         critical_path: critical_path(outcome, g),
         steps,
         totals,

@@ -2,3 +2,4 @@ mod build;
 mod crash;
 mod hostile;
 mod pipeline;
+mod report;

@@ -1,0 +1,101 @@
+//! `cairn why STEP`: what changed in a step's key since its previous entry.
+
+use super::{load_pipeline, open_store, project_root};
+use crate::cli::WhyArgs;
+use crate::error::Error;
+use crate::plan::key::{diff, DirtyReason};
+use crate::plan::{lockfile, Graph};
+use serde_json::json;
+
+pub fn run(args: &WhyArgs) -> Result<(), Error> {
+    let p = load_pipeline(&args.pipeline.pipeline)?;
+    let g = Graph::build(&p)?;
+    let root = project_root(&args.pipeline.pipeline);
+    let (store, cache_dir) = open_store(&args.store, &root)?;
+    let wanted: Vec<usize> =
+        (0..g.nodes.len()).filter(|&i| g.nodes[i].name == args.step || g.nodes[i].base == args.step).collect();
+    if wanted.is_empty() {
+        return Err(crate::plan::GraphError::UnknownStep(args.step.clone()).into());
+    }
+    let selected = g.closure(&[args.step.as_str()])?;
+    let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)
+        .map_err(|e| Error::Usage(format!("error: {e}")))?;
+    let states = super::plan::predict(&g, &selected, &prepared, &store);
+    let mut out = Vec::new();
+    for i in wanted {
+        let n = &g.nodes[i];
+        let state = &states[&i];
+        let mut current = prepared.manifests[&i].clone();
+        for &d in &n.needs {
+            if let Some(c) = states.get(&d).and_then(|s| s.contribution()) {
+                current.upstream.insert(g.nodes[d].name.clone(), c);
+            }
+        }
+        let key = current.key();
+        let stored_now = store.get(&key).map_err(|e| Error::Io(format!("error: {e}")))?;
+        // If the current key is stored (it just ran, or hits), explain it against the entry
+        // before it; otherwise explain the coming run against the newest entry.
+        let previous = store.latest_for_step(&n.name, &key).map_err(|e| Error::Io(format!("error: {e}")))?;
+        let mut reasons: Vec<serde_json::Value> = Vec::new();
+        let mut text: Vec<String> = Vec::new();
+        let status = if stored_now.is_some() { "stored (hit)" } else { "will run" };
+        if !state.hit && state.key.is_none() {
+            text.push(format!(
+                "an upstream step will run first: {}",
+                state.reasons.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ")
+            ));
+        }
+        match previous.as_ref().and_then(|e| e.manifest.clone().map(|m| (e, m))) {
+            None => {
+                text.push("no earlier entry of this step in the store: nothing to compare with".into());
+                reasons.push(json!({"code": "no-entry", "detail": DirtyReason::NoEntry.describe()}));
+            }
+            Some((prev, old)) => {
+                let d = diff(&old, &current);
+                if d.is_empty() {
+                    text.push(format!("identical to the previous entry {}", &prev.key[..12]));
+                }
+                for r in d {
+                    let mut v = json!({"code": r.code(), "detail": r.describe(), "reason": r});
+                    let mut line = r.describe();
+                    if let DirtyReason::InputChanged { path } = &r {
+                        if lockfile::is_lockfile(path) {
+                            let old_digest = &old.inputs[path].digest;
+                            let before = store.snapshot(old_digest).ok().flatten();
+                            let after = std::fs::read_to_string(root.join(path)).ok();
+                            if let (Some(before), Some(after)) = (before, after) {
+                                let changes = lockfile::diff(path, &before, &after);
+                                let shown: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                                if !shown.is_empty() {
+                                    line = format!("{line}: {}", shown.join(", "));
+                                }
+                                v["dependencies"] = json!(changes);
+                            }
+                        }
+                    }
+                    text.push(line);
+                    reasons.push(v);
+                }
+            }
+        }
+        if args.json {
+            out.push(json!({
+                "step": n.name,
+                "key": state.key,
+                "status": status,
+                "compared_with": previous.as_ref().map(|e| e.key.clone()),
+                "reasons": reasons,
+            }));
+        } else {
+            println!("{} ({status}, key {}):", n.name, state.key.as_deref().map(|k| &k[..12]).unwrap_or("unknown yet"));
+            for t in text {
+                println!("  - {}", prepared.masker.mask(&t));
+            }
+        }
+    }
+    if args.json {
+        let text = serde_json::to_string_pretty(&out).expect("json");
+        println!("{}", prepared.masker.mask(&text));
+    }
+    Ok(())
+}
