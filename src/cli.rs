@@ -46,6 +46,71 @@ pub enum Command {
     Why(WhyArgs),
     /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
     Report(ReportArgs),
+    /// Serve a remote cache (Turborepo remote-cache API v8) for CI runners and turbo.
+    Serve(ServeArgs),
+    /// Signing keys for remote cache entries.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct RemoteArgs {
+    /// Remote cache base URL (overrides the pipeline's `remote.url`).
+    #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Bearer token for the remote cache.
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Team / slug on the remote (default: the pipeline's `remote.namespace`, else its name).
+    #[arg(long, env = "CAIRN_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Private key to sign uploads with (from `cairn keys generate`).
+    #[arg(long, env = "CAIRN_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+    /// Fail the build if the remote cache is unreachable (default: warn and go on locally).
+    #[arg(long)]
+    pub remote_required: bool,
+    /// Read from the remote but never upload.
+    #[arg(long)]
+    pub no_upload: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Directory holding the artifacts.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Tokens file: `SCOPE NAMESPACES TOKEN` per line (see docs).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+    /// Largest accepted artifact.
+    #[arg(long, default_value = "2GiB")]
+    pub max_body: String,
+    /// Total size kept; least recently used artifacts are evicted above it.
+    #[arg(long, default_value = "50GiB")]
+    pub quota: String,
+    /// Time allowed for a request's headers.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
+    /// Time allowed between two chunks of a request body.
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a signing key pair: writes the private key, prints the public key to trust.
+    Generate {
+        /// Key name, shown in signatures (e.g. ci-2026).
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +242,8 @@ pub struct BuildArgs {
     /// Also write the summary JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub summary_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Subcommand)]

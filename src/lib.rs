@@ -12,7 +12,9 @@
 //! inputs   effects               walking the tree, globs, hashing, the stat cache
 //! cache    effects               the local store: SQLite index (sole owner) + blobs, archives
 //! exec     effects               toolchain probes, secrets, processes, the dispatcher
-//! report   pure over summaries   run summary, terminal table, JSON
+//! report   pure over summaries   run summary, terminal table, JSON, HTML, trace, badge
+//! server   effects               `cairn serve`: the remote cache (Turborepo API v8)
+//! keys     pure                  ed25519 signing of remote entries
 //! ```
 //! `model` and `plan` never import `std::fs`, `std::process`, the network or the store: what
 //! they need from the world is passed in as values.
@@ -23,9 +25,11 @@ pub mod commands;
 pub mod error;
 pub mod exec;
 pub mod inputs;
+pub mod keys;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod server;
 
 use clap::Parser;
 pub use error::{exit, Error};
@@ -58,5 +62,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Cache(cmd) => commands::cache::run(&cmd),
         Command::Why(args) => commands::why::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::Serve(args) => commands::serve::run(&args),
+        Command::Keys(cmd) => commands::serve::keys(&cmd),
     }
 }

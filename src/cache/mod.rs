@@ -19,6 +19,7 @@
 
 pub mod archive;
 pub mod index;
+pub mod remote;
 
 use crate::plan::key::KeyManifest;
 use archive::{ArchiveError, Limits, Packed, Unpacked};

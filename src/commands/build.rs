@@ -36,6 +36,7 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let prepared = exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, jobs.max(2))
         .map_err(|e| Error::Usage(format!("error: {e}")))?;
     let console = process::Console::new(args.quiet);
+    let remote = remote_client(&args.remote, &p)?;
     let build = Build {
         pipeline: &p,
         graph: &g,
@@ -47,11 +48,28 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         force: args.force.iter().cloned().collect(),
         console: &console,
         zstd_level: 3,
+        remote: remote.clone(),
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();
     let outcome = build.run(&prepared);
     exec::timing("dispatch", t);
+    let mut remote_trouble = false;
+    if let Some(r) = &remote {
+        let t = std::time::Instant::now();
+        let stats = r.flush();
+        exec::timing("flush uploads", t);
+        if stats.uploaded > 0 || stats.failed > 0 {
+            eprintln!(
+                "remote {}: uploaded {} entries ({}){}",
+                r.url(),
+                stats.uploaded,
+                report::bytes(stats.bytes),
+                if stats.failed > 0 { format!(", {} uploads failed", stats.failed) } else { String::new() }
+            );
+        }
+        remote_trouble = r.is_down() || stats.failed > 0;
+    }
     exec::print_phases();
     let t = std::time::Instant::now();
     let id = format!("{started_at}-{}", std::process::id());
@@ -91,6 +109,11 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     if outcome.interrupted {
         return Err(Error::Interrupted);
     }
+    if remote_trouble && args.remote.remote_required {
+        return Err(Error::Io(
+            "error: the remote cache failed and --remote-required is set\n  hint: see the warnings above; drop --remote-required to build with the local store alone".into(),
+        ));
+    }
     let failed = outcome.failed();
     if !failed.is_empty() {
         let details: Vec<String> = outcome
@@ -105,4 +128,48 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// The remote cache client from flags, environment and the pipeline, if one is configured.
+pub fn remote_client(
+    args: &crate::cli::RemoteArgs,
+    p: &crate::model::Pipeline,
+) -> Result<Option<std::sync::Arc<crate::cache::remote::Remote>>, Error> {
+    let settings = p.remote.clone().unwrap_or_default();
+    let Some(url) = args.remote.clone().or(settings.url.clone()).filter(|u| !u.is_empty()) else {
+        if args.remote_required {
+            return Err(Error::Usage(
+                "error: --remote-required but no remote is configured\n  hint: pass --remote URL or set CAIRN_REMOTE"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let trusted =
+        crate::keys::Trusted::parse(&settings.trusted_keys).map_err(|e| Error::Usage(format!("error: {e}")))?;
+    let signer = match &args.signing_key {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Usage(format!("error: cannot read signing key {}: {e}", path.display())))?;
+            Some(
+                crate::keys::Secret::parse(&text)
+                    .map_err(|e| Error::Usage(format!("error: {}: {e}", path.display())))?,
+            )
+        }
+    };
+    let cfg = crate::cache::remote::RemoteConfig {
+        url,
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        namespace: args.namespace.clone().or(settings.namespace).unwrap_or_else(|| p.name.clone()),
+        trusted,
+        signer,
+        upload: !args.no_upload,
+        connect_timeout: std::time::Duration::from_millis(800),
+        // Envelopes and queries are tiny: a remote that can't answer in a second is down.
+        read_timeout: std::time::Duration::from_millis(
+            std::env::var("CAIRN_REMOTE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
+        ),
+    };
+    crate::cache::remote::Remote::new(cfg).map(Some).map_err(|e| Error::Usage(format!("error: {e}")))
 }

@@ -7,6 +7,7 @@ pub mod check;
 pub mod graph;
 pub mod plan;
 pub mod report;
+pub mod serve;
 pub mod why;
 
 use crate::error::Error;

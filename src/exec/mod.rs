@@ -339,6 +339,8 @@ pub struct Build<'a> {
     pub force: BTreeSet<String>,
     pub console: &'a Console,
     pub zstd_level: i32,
+    /// The shared remote cache, tried after a local miss.
+    pub remote: Option<std::sync::Arc<crate::cache::remote::Remote>>,
 }
 
 /// The result of a build.
@@ -568,52 +570,10 @@ impl Job<'_> {
                     report.reasons.push(DirtyReason::StoreError { detail: e.to_string() });
                 }
                 Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
-                    let started = Instant::now();
-                    let t = Instant::now();
-                    let in_place = has_outputs
-                        && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
-                    phase(2, t);
-                    let t = Instant::now();
-                    let restored = if in_place {
-                        b.store.read_logs(&entry).map(|(stdout, stderr)| crate::cache::Restored {
-                            unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
-                            bytes: 0,
-                        })
-                    } else {
-                        b.store.restore(&entry, &b.root, &node.step.outputs).inspect(|_| {
-                            if has_outputs {
-                                b.store.record_installed(
-                                    &b.root,
-                                    &node.name,
-                                    &node.step.outputs,
-                                    &entry.outputs_digest,
-                                );
-                            }
-                        })
-                    };
-                    phase(3, t);
-                    match restored {
-                        Ok(restored) => {
-                            for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)]
-                            {
-                                for line in String::from_utf8_lossy(bytes).lines() {
-                                    b.console.line(&prefix, line, err);
-                                }
-                            }
-                            report.status = Status::HitLocal;
-                            report.saved_ms = entry.duration_ms;
-                            report.bytes_restored = restored.bytes;
-                            report.duration_ms = started.elapsed().as_millis() as u64;
-                            report.contribution = Some(if has_outputs {
-                                Upstream::Outputs(entry.outputs_digest.clone())
-                            } else {
-                                Upstream::Key(key.clone())
-                            });
-                            report.end_ms = self.t0.elapsed().as_millis() as u64;
-                            return report;
-                        }
+                    match self.restore_hit(&entry, &mut report, Status::HitLocal, &prefix) {
+                        Ok(()) => return report,
                         Err(e) => {
-                            report.reasons.push(DirtyReason::Corrupt { detail: e.to_string() });
+                            report.reasons.push(DirtyReason::Corrupt { detail: e.clone() });
                             b.console
                                 .note(&format!("warning: {}: stored entry unusable, running again: {e}", node.name));
                             match b.store.lookup(&node.name, self.manifest.clone()) {
@@ -637,8 +597,13 @@ impl Job<'_> {
                     }
                     if b.is_forced(self.node) {
                         report.reasons.insert(0, DirtyReason::Forced);
+                        pending = Some(p);
+                    } else {
+                        match self.try_remote(&key, p, &mut report, &prefix) {
+                            None => return report,
+                            Some(p) => pending = Some(p),
+                        }
                     }
-                    pending = Some(p);
                 }
             }
         }
@@ -749,6 +714,20 @@ impl Job<'_> {
                                 }
                             }
                         }
+                        if let Some(remote) = &b.remote {
+                            remote.upload_later(
+                                &node.name,
+                                &self.manifest,
+                                &b.store.blob_path(&entry.blob),
+                                crate::cache::remote::UploadInfo {
+                                    blob_digest: entry.blob.clone(),
+                                    outputs_digest: entry.outputs_digest.clone(),
+                                    log_bytes: entry.log_bytes.max(0) as u64,
+                                    duration_ms: entry.duration_ms,
+                                    blob_size: entry.blob_size,
+                                },
+                            );
+                        }
                         if has_outputs {
                             b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
                             report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
@@ -762,6 +741,123 @@ impl Job<'_> {
             }
         }
         report
+    }
+}
+
+impl Job<'_> {
+    /// Put a stored entry's outputs in place (or find them there) and replay its logs.
+    fn restore_hit(
+        &self,
+        entry: &crate::cache::Entry,
+        report: &mut StepReport,
+        status: Status,
+        prefix: &str,
+    ) -> Result<(), String> {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let has_outputs = !node.step.outputs.is_empty();
+        let started = Instant::now();
+        let t = Instant::now();
+        let in_place =
+            has_outputs && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+        phase(2, t);
+        let t = Instant::now();
+        let restored = if in_place {
+            b.store.read_logs(entry).map(|(stdout, stderr)| crate::cache::Restored {
+                unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
+                bytes: 0,
+            })
+        } else {
+            b.store.restore(entry, &b.root, &node.step.outputs).inspect(|_| {
+                if has_outputs {
+                    b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                }
+            })
+        };
+        phase(3, t);
+        let restored = restored.map_err(|e| e.to_string())?;
+        for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)] {
+            for line in String::from_utf8_lossy(bytes).lines() {
+                b.console.line(prefix, line, err);
+            }
+        }
+        report.status = status;
+        report.saved_ms = entry.duration_ms;
+        report.bytes_restored = restored.bytes;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report.contribution = Some(if has_outputs {
+            Upstream::Outputs(entry.outputs_digest.clone())
+        } else {
+            Upstream::Key(entry.key.clone())
+        });
+        report.end_ms = self.t0.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// After a local miss: fetch from the remote, store locally, restore. Returns the pending
+    /// entry back when the step must run (`None`: it was a remote hit).
+    fn try_remote(
+        &self,
+        key: &str,
+        pending: crate::cache::Pending,
+        report: &mut StepReport,
+        prefix: &str,
+    ) -> Option<crate::cache::Pending> {
+        use crate::cache::remote::RemoteError;
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let Some(remote) = b.remote.as_ref() else { return Some(pending) };
+        let fetched = match remote.fetch(key, &b.store.tmp_dir()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Some(pending),
+            Err(RemoteError::Signature(d)) => {
+                b.console.note(&format!("warning: {}: REMOTE ENTRY REJECTED: {d}; running the step", node.name));
+                report.reasons.insert(0, DirtyReason::Signature { detail: d });
+                return Some(pending);
+            }
+            Err(e) => {
+                if !matches!(e, RemoteError::Unavailable(_)) {
+                    b.console.note(&format!("warning: {}: {e}; running the step", node.name));
+                }
+                report.reasons.push(DirtyReason::RemoteError { detail: e.to_string() });
+                return Some(pending);
+            }
+        };
+        let env = fetched.envelope;
+        let packed = archive::Packed {
+            tmp_path: fetched.body.clone(),
+            blob_digest: env.blob_digest.clone(),
+            outputs_digest: env.outputs_digest.clone(),
+            blob_size: env.blob_size,
+            files: 0,
+            raw_bytes: 0,
+            log_bytes: env.log_bytes,
+        };
+        let committed = pending.commit(b.store, packed, env.duration_ms);
+        let entry = match committed {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = std::fs::remove_file(&fetched.body);
+                report.reasons.push(DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") });
+                return match b.store.lookup(&node.name, self.manifest.clone()) {
+                    Ok(Lookup::Miss(p, _)) => Some(p),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
+                };
+            }
+        };
+        match self.restore_hit(&entry, report, Status::HitRemote, prefix) {
+            Ok(()) => {
+                report.reasons.clear();
+                None
+            }
+            Err(e) => {
+                report.reasons.push(DirtyReason::Corrupt { detail: e });
+                match b.store.lookup(&node.name, self.manifest.clone()) {
+                    Ok(Lookup::Miss(p, _)) => Some(p),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
+                }
+            }
+        }
     }
 }
 

@@ -185,6 +185,24 @@ pub struct Pipeline {
     /// Local store settings.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// The shared remote cache (flags and `CAIRN_REMOTE` / `CAIRN_TOKEN` override it).
+    #[serde(default)]
+    pub remote: Option<RemoteSettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSettings {
+    /// Base URL of a Turborepo-compatible cache, e.g. "https://cache.example.com".
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The team / slug entries are stored under (default: the pipeline's name).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Public keys (`NAME:BASE64`) whose signatures readers accept. When set, unsigned or
+    /// badly signed entries are misses with reason `signature`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -135,6 +135,19 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         c.template(name, "probe", &tc.probe, &base_vars);
     }
 
+    if let Some(r) = &p.remote {
+        if let Err(e) = crate::keys::Trusted::parse(&r.trusted_keys) {
+            let at = r.trusted_keys.first().map(|k| loc.locate(None, k)).unwrap_or((1, 1));
+            c.push(at, e, Some("use the public key `cairn keys generate` printed: NAME:BASE64".into()));
+        }
+        if let Some(u) = &r.url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                let at = loc.locate(None, u);
+                c.push(at, format!("remote url `{u}` must start with http:// or https://"), None);
+            }
+        }
+    }
+
     // Steps.
     let mut claimed: Vec<(String, &str)> = Vec::new();
     for (name, step) in p.steps.iter() {

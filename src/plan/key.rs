@@ -159,6 +159,14 @@ pub enum DirtyReason {
     Corrupt {
         detail: String,
     },
+    /// A remote entry existed but its signature is missing, untrusted or wrong.
+    Signature {
+        detail: String,
+    },
+    /// The remote cache failed (unavailable, refused, tampered entry).
+    RemoteError {
+        detail: String,
+    },
     /// The store could not be asked (an I/O or database error): not a plain miss.
     StoreError {
         detail: String,
@@ -193,6 +201,8 @@ impl DirtyReason {
             DirtyReason::Evicted => "evicted",
             DirtyReason::Corrupt { .. } => "corrupt",
             DirtyReason::StoreError { .. } => "store-error",
+            DirtyReason::Signature { .. } => "signature",
+            DirtyReason::RemoteError { .. } => "remote-error",
             DirtyReason::Forced => "forced",
             DirtyReason::NotCacheable => "not-cacheable",
             DirtyReason::UpstreamWillRun { .. } => "upstream-will-run",
@@ -224,6 +234,8 @@ impl DirtyReason {
             DirtyReason::Evicted => "the entry was evicted from the store".into(),
             DirtyReason::Corrupt { detail } => format!("the stored entry was corrupt and dropped: {detail}"),
             DirtyReason::StoreError { detail } => format!("the store could not be read: {detail}"),
+            DirtyReason::Signature { detail } => format!("remote entry rejected, signature: {detail}"),
+            DirtyReason::RemoteError { detail } => detail.clone(),
             DirtyReason::Forced => "forced with --force".into(),
             DirtyReason::NotCacheable => "step has `cache: false`".into(),
             DirtyReason::UpstreamWillRun { step } => format!("upstream step {step} will run"),

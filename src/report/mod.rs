@@ -210,7 +210,9 @@ pub fn table(s: &RunSummary, color: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "{:<name_w$}  {:<10}  {:>8}  {:>8}  why", "step", "status", "time", "saved");
     for st in &s.steps {
-        let why = if st.status.is_hit() {
+        let why = if st.status == Status::HitRemote {
+            "restored from the remote cache".to_string()
+        } else if st.status.is_hit() {
             "restored from the store".to_string()
         } else if let Some(first) = st.reasons.first() {
             let mut d = first["detail"].as_str().unwrap_or("").to_string();

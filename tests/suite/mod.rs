@@ -2,4 +2,5 @@ mod build;
 mod crash;
 mod hostile;
 mod pipeline;
+mod remote;
 mod report;

@@ -1,0 +1,488 @@
+//! `cairn serve`: a remote cache speaking the Turborepo remote-cache HTTP API v8.
+//!
+//! Endpoints: `PUT`/`GET`/`HEAD /v8/artifacts/{hash}`, `GET /v8/artifacts/status`,
+//! `POST /v8/artifacts/events`, and the batch query `POST /v8/artifacts`. The namespace of an
+//! artifact is the `teamId`, `slug` or `team` query parameter (in that order), else `default`.
+//!
+//! # Guarantees
+//! - **Write-once**: a body is staged in `.tmp/`, fsynced, and published with `link(2)`, which
+//!   fails if the name exists: concurrent uploads of one key can't interleave, and a killed
+//!   upload is never visible. An identical re-upload is a no-op success; different bytes for an
+//!   existing key are refused with 409.
+//! - **Integrity**: the body's blake3 is computed while it is received; when the client states
+//!   it (`x-cairn-blob-digest`, as cairn does) a mismatch is refused.
+//! - **Limits**: bodies over `--max-body` are refused with 413 from `Content-Length` before any
+//!   byte is read (and cut off at the limit otherwise); request headers must arrive within
+//!   `--header-timeout` and every body chunk within `--body-timeout` (no slowloris).
+//! - **Quota**: above `--quota` bytes, least recently used artifacts are evicted.
+//! - **Shutdown**: SIGTERM/SIGINT stop accepting and let requests in flight finish.
+//! - **Trust**: see [`tokens`]; tokens are never logged.
+
+// Handlers return axum `Response`s as early-exit errors (the HTTP answer itself); boxing them
+// would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod tokens;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokens::{Access, Scope, Tokens};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub store: PathBuf,
+    pub tokens: Tokens,
+    pub max_body: u64,
+    pub quota: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    size: u64,
+    digest: String,
+    duration_ms: u64,
+    tag: Option<String>,
+}
+
+struct Lru {
+    /// (namespace, hash) → (size, last used)
+    items: HashMap<(String, String), (u64, SystemTime)>,
+    total: u64,
+}
+
+struct AppState {
+    opts: ServeOptions,
+    lru: Mutex<Lru>,
+    events: Mutex<(u64, u64)>,
+}
+
+type Shared = Arc<AppState>;
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn valid_hash(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn namespace(q: &HashMap<String, String>) -> Result<String, Response> {
+    let ns = q
+        .get("teamId")
+        .or_else(|| q.get("slug"))
+        .or_else(|| q.get("team"))
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    let ok = !ns.is_empty()
+        && ns.len() <= 100
+        && ns != "."
+        && ns != ".."
+        && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(ns)
+    } else {
+        Err(error(StatusCode::BAD_REQUEST, "bad_request", "invalid team or slug"))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap, ns: &str, need: Scope) -> Result<(), Response> {
+    match st.opts.tokens.check(bearer(headers), ns, need) {
+        Access::Granted => Ok(()),
+        Access::Unauthenticated => Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or unknown token")),
+        Access::Forbidden => Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            if need == Scope::Write {
+                "this token may not write to this team"
+            } else {
+                "this token may not read this team"
+            },
+        )),
+    }
+}
+
+fn paths(st: &AppState, ns: &str, hash: &str) -> (PathBuf, PathBuf) {
+    let dir = st.opts.store.join(ns);
+    (dir.join(hash), dir.join(format!("{hash}.meta")))
+}
+
+fn read_meta(p: &Path) -> Option<Meta> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+fn artifact_headers(meta: &Meta) -> Vec<(&'static str, HeaderValue)> {
+    let mut h = vec![
+        ("content-type", HeaderValue::from_static("application/octet-stream")),
+        ("x-artifact-duration", HeaderValue::from(meta.duration_ms)),
+        ("content-length", HeaderValue::from(meta.size)),
+    ];
+    if let Some(tag) = meta.tag.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        h.push(("x-artifact-tag", tag));
+    }
+    h
+}
+
+fn touch(st: &AppState, ns: &str, hash: &str) {
+    let mut lru = st.lru.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = lru.items.get_mut(&(ns.to_string(), hash.to_string())) {
+        e.1 = SystemTime::now();
+    }
+    drop(lru);
+    let (_, meta) = paths(st, ns, hash);
+    if let Ok(f) = std::fs::File::options().append(true).open(meta) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+async fn get_artifact(
+    State(st): State<Shared>,
+    method: Method,
+    UrlPath(hash): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let ns = match namespace(&q) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
+        return r;
+    }
+    if !valid_hash(&hash) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
+    }
+    let (body_path, meta_path) = paths(&st, &ns, &hash);
+    let Some(meta) = read_meta(&meta_path) else {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such artifact");
+    };
+    let file = match tokio::fs::File::open(&body_path).await {
+        Ok(f) => f,
+        Err(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such artifact"),
+    };
+    touch(&st, &ns, &hash);
+    let mut resp = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)))
+    };
+    for (k, v) in artifact_headers(&meta) {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+async fn put_artifact(
+    State(st): State<Shared>,
+    UrlPath(hash): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let ns = match namespace(&q) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&st, &headers, &ns, Scope::Write) {
+        return r;
+    }
+    if !valid_hash(&hash) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
+    }
+    let declared: Option<u64> =
+        headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > st.opts.max_body) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "artifact exceeds the server's size limit");
+    }
+    let duration_ms: u64 =
+        headers.get("x-artifact-duration").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let tag = headers.get("x-artifact-tag").and_then(|v| v.to_str().ok()).map(String::from);
+    let claimed_digest = headers.get("x-cairn-blob-digest").and_then(|v| v.to_str().ok()).map(String::from);
+
+    // Stage the body.
+    let tmp_dir = st.opts.store.join(".tmp");
+    let tmp = tmp_dir.join(format!("{}-{}", hash, crate::cache::archive::unique()));
+    let staged = receive(&st, body, &tmp).await;
+    let (size, digest) = match staged {
+        Ok(v) => v,
+        Err(resp) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return resp;
+        }
+    };
+    if claimed_digest.as_deref().is_some_and(|c| c != digest) {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return error(StatusCode::BAD_REQUEST, "digest_mismatch", "the body does not match x-cairn-blob-digest");
+    }
+    let meta = Meta { size, digest, duration_ms, tag };
+    let published = tokio::task::spawn_blocking({
+        let st = st.clone();
+        let (ns, hash, tmp) = (ns.clone(), hash.clone(), tmp.clone());
+        move || publish(&st, &ns, &hash, &tmp, &meta)
+    })
+    .await
+    .unwrap_or_else(|e| Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())));
+    let _ = tokio::fs::remove_file(&tmp).await;
+    match published {
+        Ok(()) => {
+            let body = serde_json::json!({"urls": [format!("{ns}/{hash}")]});
+            (StatusCode::ACCEPTED, [("content-type", "application/json")], body.to_string()).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Stream a request body into `tmp`, with the size limit and a per-chunk timeout.
+async fn receive(st: &AppState, mut body: Body, tmp: &Path) -> Result<(u64, String), Response> {
+    use tokio::io::AsyncWriteExt;
+    let internal = |e: std::io::Error| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("storage: {e}"));
+    tokio::fs::create_dir_all(tmp.parent().expect("tmp has a parent")).await.map_err(internal)?;
+    let mut file = tokio::fs::File::create(tmp).await.map_err(internal)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(st.opts.body_timeout, body.frame()).await {
+            Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "timeout", "the request body arrived too slowly")),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(error(StatusCode::BAD_REQUEST, "bad_request", "the request body was cut off"))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            size += data.len() as u64;
+            if size > st.opts.max_body {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "artifact exceeds the server's size limit",
+                ));
+            }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(internal)?;
+        }
+    }
+    file.sync_all().await.map_err(internal)?;
+    Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+/// Make a staged body visible, write-once.
+fn publish(st: &AppState, ns: &str, hash: &str, tmp: &Path, meta: &Meta) -> Result<(), Response> {
+    let internal = |e: std::io::Error| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("storage: {e}"));
+    let (body_path, meta_path) = paths(st, ns, hash);
+    let dir = body_path.parent().expect("artifact paths have a directory");
+    std::fs::create_dir_all(dir).map_err(internal)?;
+    let conflict_or_same = || -> Result<(), Response> {
+        match read_meta(&meta_path) {
+            Some(existing) if existing.digest == meta.digest => Ok(()),
+            Some(_) => {
+                Err(error(StatusCode::CONFLICT, "conflict", "this artifact exists with different content (write-once)"))
+            }
+            None => Err(error(StatusCode::CONFLICT, "conflict", "this artifact is being written by another upload")),
+        }
+    };
+    if body_path.exists() {
+        return conflict_or_same();
+    }
+    // The metadata first (atomically), then the body by link(2), which refuses to replace.
+    let meta_tmp = tmp.with_extension("meta");
+    std::fs::write(&meta_tmp, serde_json::to_vec(meta).expect("meta serialises")).map_err(internal)?;
+    std::fs::File::open(&meta_tmp).and_then(|f| f.sync_all()).map_err(internal)?;
+    match std::fs::hard_link(tmp, &body_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&meta_tmp);
+            return conflict_or_same();
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&meta_tmp);
+            return Err(internal(e));
+        }
+    }
+    std::fs::rename(&meta_tmp, &meta_path).map_err(internal)?;
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    let mut lru = st.lru.lock().unwrap_or_else(|p| p.into_inner());
+    lru.items.insert((ns.to_string(), hash.to_string()), (meta.size, SystemTime::now()));
+    lru.total += meta.size;
+    evict(st, &mut lru);
+    Ok(())
+}
+
+fn evict(st: &AppState, lru: &mut Lru) {
+    while lru.total > st.opts.quota {
+        let Some(oldest) = lru.items.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) else { break };
+        let (size, _) = lru.items.remove(&oldest).expect("just found");
+        lru.total -= size;
+        let (body, meta) = paths(st, &oldest.0, &oldest.1);
+        let _ = std::fs::remove_file(meta);
+        let _ = std::fs::remove_file(body);
+    }
+}
+
+async fn status() -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"enabled"}"#).into_response()
+}
+
+async fn events(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ns = match namespace(&q) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
+        return r;
+    }
+    if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice::<serde_json::Value>(&body) {
+        let mut ev = st.events.lock().unwrap_or_else(|p| p.into_inner());
+        for e in list {
+            match e["event"].as_str() {
+                Some("HIT") => ev.0 += 1,
+                Some("MISS") => ev.1 += 1,
+                _ => {}
+            }
+        }
+    }
+    (StatusCode::OK, [("content-type", "application/json")], "{}").into_response()
+}
+
+/// `POST /v8/artifacts {"hashes": [...]}`: which exist, with size, duration and tag.
+async fn query(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ns = match namespace(&q) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
+        return r;
+    }
+    let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "expected {\"hashes\": [...]}");
+    };
+    let Some(hashes) = req["hashes"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "expected {\"hashes\": [...]}");
+    };
+    if hashes.len() > 10_000 {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "at most 10000 hashes per query");
+    }
+    let mut out = serde_json::Map::new();
+    for h in hashes.iter().filter_map(|h| h.as_str()) {
+        let v = if !valid_hash(h) {
+            serde_json::json!({"error": {"message": "invalid hash"}})
+        } else {
+            let (body_path, meta_path) = paths(&st, &ns, h);
+            match read_meta(&meta_path).filter(|_| body_path.exists()) {
+                Some(m) => serde_json::json!({"size": m.size, "taskDurationMs": m.duration_ms, "tag": m.tag}),
+                None => serde_json::json!({"error": {"message": "not found"}}),
+            }
+        };
+        out.insert(h.to_string(), v);
+    }
+    (StatusCode::OK, [("content-type", "application/json")], serde_json::Value::Object(out).to_string()).into_response()
+}
+
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v8/artifacts/status", get(status))
+        .route("/v8/artifacts/events", post(events))
+        .route("/v8/artifacts", post(query))
+        .route("/v8/artifacts/{hash}", get(get_artifact).head(get_artifact).put(put_artifact))
+        .with_state(state)
+}
+
+/// Scan the store to rebuild the LRU bookkeeping (last use = the meta file's mtime).
+fn scan(store: &Path) -> Lru {
+    let mut lru = Lru { items: HashMap::new(), total: 0 };
+    for ns in std::fs::read_dir(store).into_iter().flatten().flatten() {
+        let name = ns.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !ns.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+            let fname = f.file_name().to_string_lossy().to_string();
+            if let Some(hash) = fname.strip_suffix(".meta") {
+                if let (Some(meta), Ok(m)) = (read_meta(&f.path()), f.metadata()) {
+                    let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    lru.items.insert((name.clone(), hash.to_string()), (meta.size, used));
+                    lru.total += meta.size;
+                }
+            }
+        }
+    }
+    lru
+}
+
+/// Run the server until SIGTERM or SIGINT. Calls `ready` with the bound address.
+pub fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> std::io::Result<()> {
+    std::fs::create_dir_all(opts.store.join(".tmp"))?;
+    // Uploads a killed server left half-written are garbage.
+    for f in std::fs::read_dir(opts.store.join(".tmp"))?.flatten() {
+        let _ = std::fs::remove_file(f.path());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+        let addr = listener.local_addr()?;
+        let mut lru = scan(&opts.store);
+        let header_timeout = opts.header_timeout;
+        let state = Arc::new(AppState {
+            lru: Mutex::new(Lru { items: HashMap::new(), total: 0 }),
+            opts,
+            events: Mutex::new((0, 0)),
+        });
+        {
+            let mut l = state.lru.lock().unwrap_or_else(|p| p.into_inner());
+            evict(&state, &mut lru);
+            *l = lru;
+        }
+        let app = router(state);
+        ready(addr);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        eprintln!("cairn serve: shutting down, finishing requests in flight");
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+        Ok(())
+    })
+}
