@@ -80,9 +80,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Directory holding the artifacts.
+    /// Directory holding the artifacts (and, with --s3, only staging and bookkeeping).
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
+    /// Keep artifacts in an S3-compatible bucket: s3://BUCKET/PREFIX (AWS_* variables for
+    /// credentials; AWS_ENDPOINT_URL for S3-compatible servers).
+    #[arg(long, value_name = "URL")]
+    pub s3: Option<String>,
     /// Tokens file: `SCOPE NAMESPACES TOKEN` per line (see docs).
     #[arg(long, value_name = "FILE")]
     pub tokens: PathBuf,

@@ -20,6 +20,7 @@
 pub mod archive;
 pub mod index;
 pub mod remote;
+pub mod s3;
 
 use crate::plan::key::KeyManifest;
 use archive::{ArchiveError, Limits, Packed, Unpacked};

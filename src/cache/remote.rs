@@ -79,6 +79,8 @@ struct Upload {
 pub struct Remote {
     cfg: RemoteConfig,
     client: reqwest::blocking::Client,
+    /// `s3://` remotes are spoken to directly, on a small runtime of their own.
+    s3: Option<(super::s3::S3, tokio::runtime::Runtime)>,
     down: AtomicBool,
     warned: AtomicBool,
     upload_tx: Mutex<Option<mpsc::Sender<Upload>>>,
@@ -101,9 +103,22 @@ impl Remote {
             .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let s3 = if cfg.url.starts_with("s3://") {
+            let s3 = super::s3::S3::from_url(&cfg.url)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the S3 client: {e}"))?;
+            Some((s3, rt))
+        } else {
+            None
+        };
+        let upload_allowed = cfg.upload && (cfg.token.is_some() || s3.is_some());
         let remote = std::sync::Arc::new(Remote {
             cfg,
             client,
+            s3,
             down: AtomicBool::new(false),
             warned: AtomicBool::new(false),
             upload_tx: Mutex::new(None),
@@ -111,7 +126,7 @@ impl Remote {
             warnings: Mutex::new(Vec::new()),
         });
         remote.probe();
-        if remote.cfg.upload && remote.cfg.token.is_some() {
+        if upload_allowed {
             let (tx, rx) = mpsc::channel::<Upload>();
             let r = remote.clone();
             let handle = std::thread::spawn(move || {
@@ -144,6 +159,17 @@ impl Remote {
     /// One quick status request at start: a dead or hanging remote trips the breaker here,
     /// once, instead of costing a timeout later (an upload, a forced step's fetch).
     fn probe(&self) {
+        if let Some((s3, rt)) = &self.s3 {
+            let r = rt.block_on(async {
+                tokio::time::timeout(self.cfg.read_timeout * 3, s3.exists(&self.cfg.namespace, "cairn-probe")).await
+            });
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => self.trip(&e),
+                Err(_) => self.trip("timed out"),
+            }
+            return;
+        }
         let url = format!("{}/v8/artifacts/status", self.cfg.url.trim_end_matches('/'));
         match self.auth(self.client.get(url)).send() {
             Ok(r) if r.status().is_success() || r.status().is_client_error() => {}
@@ -236,17 +262,12 @@ impl Remote {
 
     /// Fetch and verify an entry; the body goes to a temporary file in `tmp_dir`.
     pub fn fetch(&self, key: &str, tmp_dir: &Path) -> Result<Option<Fetched>, RemoteError> {
+        if self.s3.is_some() {
+            return self.fetch_s3(key, tmp_dir);
+        }
         let Some(resp) = self.get(&format!("{key}-meta"), false)? else { return Ok(None) };
-        let text = resp.text().map_err(|e| RemoteError::Other(format!("reading the envelope: {e}")))?;
-        let env: Envelope =
-            serde_json::from_str(&text).map_err(|e| RemoteError::Tampered(format!("unreadable envelope: {e}")))?;
-        if env.key != key || env.manifest.key() != key {
-            return Err(RemoteError::Tampered("the manifest does not hash to the step key".into()));
-        }
-        if !self.cfg.trusted.is_empty() {
-            let msg = message(key, &env.blob_digest, &env.outputs_digest, env.log_bytes, env.duration_ms);
-            self.cfg.trusted.verify(env.signature.as_deref(), &msg).map_err(RemoteError::Signature)?;
-        }
+        let text = resp.bytes().map_err(|e| RemoteError::Other(format!("reading the envelope: {e}")))?;
+        let env = self.verify_envelope(key, &text)?;
         let Some(mut resp) = self.get(key, true)? else {
             return Err(RemoteError::Tampered("the envelope exists but the archive does not".into()));
         };
@@ -267,6 +288,45 @@ impl Remote {
             return Err(RemoteError::Tampered("the archive does not match its digest".into()));
         }
         Ok(Some(Fetched { envelope: env, body }))
+    }
+
+    fn s3_get(&self, name: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        if self.is_down() {
+            return Err(RemoteError::Unavailable("skipped after an earlier failure".into()));
+        }
+        let (s3, rt) = self.s3.as_ref().expect("called for s3 remotes");
+        rt.block_on(s3.get(&self.cfg.namespace, name)).map_err(|e| {
+            self.trip(&e);
+            RemoteError::Unavailable(e)
+        })
+    }
+
+    fn verify_envelope(&self, key: &str, text: &[u8]) -> Result<Envelope, RemoteError> {
+        let env: Envelope =
+            serde_json::from_slice(text).map_err(|e| RemoteError::Tampered(format!("unreadable envelope: {e}")))?;
+        if env.key != key || env.manifest.key() != key {
+            return Err(RemoteError::Tampered("the manifest does not hash to the step key".into()));
+        }
+        if !self.cfg.trusted.is_empty() {
+            let msg = message(key, &env.blob_digest, &env.outputs_digest, env.log_bytes, env.duration_ms);
+            self.cfg.trusted.verify(env.signature.as_deref(), &msg).map_err(RemoteError::Signature)?;
+        }
+        Ok(env)
+    }
+
+    fn fetch_s3(&self, key: &str, tmp_dir: &Path) -> Result<Option<Fetched>, RemoteError> {
+        let Some(meta) = self.s3_get(&format!("{key}-meta"))? else { return Ok(None) };
+        let env = self.verify_envelope(key, &meta)?;
+        let Some(body) = self.s3_get(key)? else {
+            return Err(RemoteError::Tampered("the envelope exists but the archive does not".into()));
+        };
+        if blake3::hash(&body).to_hex().as_str() != env.blob_digest {
+            return Err(RemoteError::Tampered("the archive does not match its digest".into()));
+        }
+        std::fs::create_dir_all(tmp_dir).map_err(|e| RemoteError::Other(e.to_string()))?;
+        let path = tmp_dir.join(format!("remote-{}-{}.tmp", &key[..12.min(key.len())], super::archive::unique()));
+        std::fs::write(&path, &body).map_err(|e| RemoteError::Other(e.to_string()))?;
+        Ok(Some(Fetched { envelope: env, body: path }))
     }
 
     /// Which of `keys` the remote holds (one request).
@@ -359,6 +419,21 @@ impl Remote {
     }
 
     fn upload_now(&self, u: &Upload) -> Result<u64, RemoteError> {
+        if let Some((s3, rt)) = &self.s3 {
+            let body = std::fs::read(&u.blob).map_err(|e| RemoteError::Other(e.to_string()))?;
+            let size = body.len() as u64;
+            let env = serde_json::to_vec(&u.envelope).expect("envelopes serialise");
+            let ns = &self.cfg.namespace;
+            rt.block_on(async {
+                s3.put_once(ns, &u.key, body).await?;
+                s3.put_once(ns, &format!("{}-meta", u.key), env).await
+            })
+            .map_err(|e| {
+                self.trip(&e);
+                RemoteError::Unavailable(e)
+            })?;
+            return Ok(size);
+        }
         let file = std::fs::File::open(&u.blob).map_err(|e| RemoteError::Other(e.to_string()))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.put(

@@ -10,6 +10,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Error> {
     let opts = crate::server::ServeOptions {
         listen: args.listen,
         store: args.store.clone(),
+        s3: match &args.s3 {
+            Some(url) => Some(crate::cache::s3::S3::from_url(url).map_err(|e| Error::Usage(format!("error: {e}")))?),
+            None => None,
+        },
         tokens,
         max_body: super::parse_size(&args.max_body)?,
         quota: super::parse_size(&args.quota)?,

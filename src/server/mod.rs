@@ -41,7 +41,11 @@ use tokens::{Access, Scope, Tokens};
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// Local directory: artifacts, staging, and the LRU bookkeeping.
     pub store: PathBuf,
+    /// When set, artifacts live in this S3-compatible bucket instead (staging stays local;
+    /// the quota is left to the bucket's lifecycle rules).
+    pub s3: Option<crate::cache::s3::S3>,
     pub tokens: Tokens,
     pub max_body: u64,
     pub quota: u64,
@@ -169,6 +173,27 @@ async fn get_artifact(
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
     }
+    if let Some(s3) = &st.opts.s3 {
+        let meta: Option<Meta> = match s3.get(&ns, &format!("{hash}.meta")).await {
+            Ok(m) => m.and_then(|b| serde_json::from_slice(&b).ok()),
+            Err(e) => return error(StatusCode::BAD_GATEWAY, "storage", &format!("object store: {e}")),
+        };
+        let Some(meta) = meta else { return error(StatusCode::NOT_FOUND, "not_found", "no such artifact") };
+        let body = if method == Method::HEAD {
+            Body::empty()
+        } else {
+            match s3.get(&ns, &hash).await {
+                Ok(Some(b)) => Body::from(b),
+                Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", "no such artifact"),
+                Err(e) => return error(StatusCode::BAD_GATEWAY, "storage", &format!("object store: {e}")),
+            }
+        };
+        let mut resp = Response::new(body);
+        for (k, v) in artifact_headers(&meta) {
+            resp.headers_mut().insert(k, v);
+        }
+        return resp;
+    }
     let (body_path, meta_path) = paths(&st, &ns, &hash);
     let Some(meta) = read_meta(&meta_path) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such artifact");
@@ -232,6 +257,17 @@ async fn put_artifact(
         return error(StatusCode::BAD_REQUEST, "digest_mismatch", "the body does not match x-cairn-blob-digest");
     }
     let meta = Meta { size, digest, duration_ms, tag };
+    if let Some(s3) = &st.opts.s3 {
+        let r = publish_s3(s3, &ns, &hash, &tmp, &meta).await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return match r {
+            Ok(()) => {
+                let body = serde_json::json!({"urls": [format!("{ns}/{hash}")]});
+                (StatusCode::ACCEPTED, [("content-type", "application/json")], body.to_string()).into_response()
+            }
+            Err(resp) => resp,
+        };
+    }
     let published = tokio::task::spawn_blocking({
         let st = st.clone();
         let (ns, hash, tmp) = (ns.clone(), hash.clone(), tmp.clone());
@@ -325,6 +361,35 @@ fn publish(st: &AppState, ns: &str, hash: &str, tmp: &Path, meta: &Meta) -> Resu
     Ok(())
 }
 
+/// Write-once publication to S3: the body with a conditional put, then its metadata.
+async fn publish_s3(s3: &crate::cache::s3::S3, ns: &str, hash: &str, tmp: &Path, meta: &Meta) -> Result<(), Response> {
+    use crate::cache::s3::Put;
+    let storage = |e: String| error(StatusCode::BAD_GATEWAY, "storage", &format!("object store: {e}"));
+    let data = tokio::fs::read(tmp).await.map_err(|e| storage(e.to_string()))?;
+    match s3.put_once(ns, hash, data).await.map_err(storage)? {
+        Put::Created => {
+            let m = serde_json::to_vec(meta).expect("meta serialises");
+            s3.put_once(ns, &format!("{hash}.meta"), m).await.map_err(storage)?;
+            Ok(())
+        }
+        Put::Exists => {
+            let existing: Option<Meta> = s3
+                .get(ns, &format!("{hash}.meta"))
+                .await
+                .map_err(storage)?
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match existing {
+                Some(m) if m.digest == meta.digest => Ok(()),
+                _ => Err(error(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "this artifact exists with different content (write-once)",
+                )),
+            }
+        }
+    }
+}
+
 fn evict(st: &AppState, lru: &mut Lru) {
     while lru.total > st.opts.quota {
         let Some(oldest) = lru.items.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) else { break };
@@ -394,8 +459,19 @@ async fn query(
         let v = if !valid_hash(h) {
             serde_json::json!({"error": {"message": "invalid hash"}})
         } else {
-            let (body_path, meta_path) = paths(&st, &ns, h);
-            match read_meta(&meta_path).filter(|_| body_path.exists()) {
+            let found = match &st.opts.s3 {
+                Some(s3) => s3
+                    .get(&ns, &format!("{h}.meta"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|b| serde_json::from_slice::<Meta>(&b).ok()),
+                None => {
+                    let (body_path, meta_path) = paths(&st, &ns, h);
+                    read_meta(&meta_path).filter(|_| body_path.exists())
+                }
+            };
+            match found {
                 Some(m) => serde_json::json!({"size": m.size, "taskDurationMs": m.duration_ms, "tag": m.tag}),
                 None => serde_json::json!({"error": {"message": "not found"}}),
             }

@@ -2,5 +2,6 @@ mod build;
 mod crash;
 mod hostile;
 mod pipeline;
-mod remote;
+pub mod remote;
 mod report;
+mod s3;

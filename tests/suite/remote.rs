@@ -24,6 +24,10 @@ impl Server {
     }
 
     pub fn start_in(store: tempfile::TempDir, extra: &[&str]) -> Server {
+        Server::start_with(store, extra, &[])
+    }
+
+    pub fn start_with(store: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut tokens = tempfile::NamedTempFile::new().unwrap();
         writeln!(tokens, "write demo,chain {WRITER}\nread demo,chain {READER}").unwrap();
         let mut child = Command::new(cairn_bin())
@@ -32,6 +36,7 @@ impl Server {
             .arg("--tokens")
             .arg(tokens.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

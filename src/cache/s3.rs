@@ -1,0 +1,88 @@
+//! An S3-compatible object store (through the `object_store` crate) for remote entries: the
+//! storage of `cairn serve --store s3://BUCKET/PREFIX`, and a remote that clients can use
+//! directly (`--remote s3://BUCKET/PREFIX`) when a team has no server.
+//!
+//! Credentials and endpoint come from the usual variables: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION` (default `us-east-1`) and, for S3-compatible servers,
+//! `AWS_ENDPOINT_URL` (plain `http://` is allowed for it). Write-once uses conditional puts
+//! (`If-None-Match: *`): an object is never overwritten.
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct S3 {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    pub url: String,
+}
+
+/// What a write-once put found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    Exists,
+}
+
+impl S3 {
+    pub fn from_url(url: &str) -> Result<S3, String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("`{url}` is not an s3:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{url}` names no bucket"));
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(env("AWS_REGION").or(env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()));
+        if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            b = b.with_access_key_id(k).with_secret_access_key(s);
+        }
+        if let Some(endpoint) = env("AWS_ENDPOINT_URL").or(env("AWS_ENDPOINT")) {
+            b = b
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false)
+                .with_endpoint(endpoint);
+        }
+        let store = b.build().map_err(|e| format!("S3 {url}: {e}"))?;
+        Ok(S3 { store: Arc::new(store), prefix: prefix.trim_matches('/').to_string(), url: url.to_string() })
+    }
+
+    fn path(&self, ns: &str, name: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(format!("{ns}/{name}"))
+        } else {
+            ObjPath::from(format!("{}/{ns}/{name}", self.prefix))
+        }
+    }
+
+    pub async fn get(&self, ns: &str, name: &str) -> Result<Option<bytes::Bytes>, String> {
+        match self.store.get(&self.path(ns, name)).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| e.to_string()),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub async fn exists(&self, ns: &str, name: &str) -> Result<bool, String> {
+        match self.store.head(&self.path(ns, name)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Write-once put.
+    pub async fn put_once(&self, ns: &str, name: &str, data: Vec<u8>) -> Result<Put, String> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(ns, name), PutPayload::from(data), opts).await {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                Ok(Put::Exists)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
