@@ -22,20 +22,13 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
             return Err(Error::Usage(format!("error: --force names unknown step `{f}`")));
         }
     }
-    for &i in &selected {
-        if let Some(s) = g.nodes[i].step.services.first() {
-            return Err(Error::Usage(format!(
-                "error: step `{}` uses service `{s}`, and this cairn cannot start services yet\n  hint: build the steps that need no service, e.g. `cairn build STEP`",
-                g.nodes[i].name
-            )));
-        }
-    }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     process::install_signal_handlers();
     let started_at = crate::cache::now_ms();
     let prepared = exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, jobs.max(2))
         .map_err(|e| Error::Usage(format!("error: {e}")))?;
-    let console = process::Console::new(args.quiet);
+    let mut console = process::Console::new(args.quiet);
+    console.all_to_stderr = args.summary == SummaryFormat::Json;
     let remote = remote_client(&args.remote, &p)?;
     let build = Build {
         pipeline: &p,

@@ -14,6 +14,7 @@
 
 pub mod process;
 pub mod secrets;
+pub mod services;
 
 use crate::cache::{archive, Lookup, Store};
 use crate::inputs::{self, StepInputs, WalkOptions};
@@ -34,6 +35,8 @@ pub enum ExecError {
     ProbeFailed { name: String, probe: String, status: String, output: String },
     #[error("toolchain `{name}` must be version {require}, but `{probe}` reports: {found}\n  hint: install {name} {require} (e.g. with asdf or your package manager), or change `require`")]
     WrongVersion { name: String, require: String, probe: String, found: String },
+    #[error("step `{step}` reads `{path}`, which does not exist: {hint}")]
+    MissingInput { step: String, path: String, hint: String },
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
     #[error("{0}")]
@@ -182,7 +185,12 @@ pub fn prepare(
                                     name: name.clone(),
                                     require: req.clone(),
                                     probe: tc.probe.clone(),
-                                    found: text.lines().next().unwrap_or("").to_string(),
+                                    found: text
+                                        .lines()
+                                        .map(str::trim)
+                                        .filter(|l| !l.is_empty())
+                                        .collect::<Vec<_>>()
+                                        .join(" / "),
                                 })
                             } else {
                                 Ok(text)
@@ -212,9 +220,22 @@ pub fn prepare(
     }
     let masker = Masker::new(secret_values.values().map(String::as_str));
 
-    // Inputs, in one walk.
+    // Inputs, in one walk. Literal paths (no glob characters) are required.
     let walk = walk_options(p, root, cache_dir, threads);
     let step_in: Vec<StepInputs> = selected.iter().map(|&i| step_inputs(p, &g.nodes[i].step)).collect();
+    for (k, &i) in selected.iter().enumerate() {
+        for inc in &step_in[k].include {
+            let literal = !inc.starts_with('!') && !inc.contains(['*', '?', '[', '{']);
+            if literal && std::fs::symlink_metadata(root.join(inc.trim_end_matches('/'))).is_err() {
+                let hint = match inc.rsplit('/').next().unwrap_or(inc) {
+                    "mix.lock" => "run `mix deps.get` and commit mix.lock (cairn keys `deps/` on it)".to_string(),
+                    "Cargo.lock" => "run `cargo generate-lockfile` and commit Cargo.lock".to_string(),
+                    _ => format!("create it, or write the input as a glob (`{inc}*`) if it is optional"),
+                };
+                return Err(ExecError::MissingInput { step: g.nodes[i].name.clone(), path: inc.clone(), hint });
+            }
+        }
+    }
     let root_key = root.display().to_string();
     let t = Instant::now();
     let cache = store.load_stat_cache(&root_key)?;
@@ -404,6 +425,7 @@ struct Job<'b> {
     build: &'b Build<'b>,
     prepared: &'b Prepared,
     slots: &'b Slots,
+    services: &'b services::Services<'b>,
     t0: Instant,
 }
 
@@ -422,6 +444,18 @@ impl Build<'_> {
         let mut halted = false;
         let (tx, rx) = mpsc::channel::<(usize, StepReport)>();
         let slots = Slots::new(self.jobs);
+        let mut users: std::collections::HashMap<String, usize> = Default::default();
+        for &i in &self.selected {
+            for svc in &g.nodes[i].step.services {
+                *users.entry(svc.clone()).or_default() += 1;
+            }
+        }
+        let services = services::Services::new(self.pipeline, &self.root, users);
+        let release = |i: usize| {
+            for svc in &g.nodes[i].step.services {
+                services.release(svc);
+            }
+        };
         let in_flight = self.jobs.max(1) * IN_FLIGHT_PER_JOB;
         std::thread::scope(|s| {
             loop {
@@ -445,6 +479,7 @@ impl Build<'_> {
                             (Status::Skipped, format!("upstream step {} {}", upstream.name, upstream.status.as_str()))
                         };
                         done.insert(i, blank_report(&g.nodes[i].name, status, why, t0));
+                        release(i);
                         continue;
                     }
                     if halted {
@@ -462,7 +497,16 @@ impl Build<'_> {
                     let worker = (0..in_flight).find(|w| !running.values().any(|x| x == w)).unwrap_or(0);
                     running.insert(i, worker);
                     let tx = tx.clone();
-                    let job = Job { node: i, manifest, worker, build: self, prepared, slots: &slots, t0 };
+                    let job = Job {
+                        node: i,
+                        manifest,
+                        worker,
+                        build: self,
+                        prepared,
+                        slots: &slots,
+                        services: &services,
+                        t0,
+                    };
                     s.spawn(move || {
                         let report = job.execute();
                         let _ = tx.send((job.node, report));
@@ -492,12 +536,14 @@ impl Build<'_> {
                         );
                         self.console.progress(&line);
                         done.insert(i, report);
+                        release(i);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
         });
+        services.stop_all();
         let interrupted = process::interrupted();
         for &i in &self.selected {
             done.entry(i).or_insert_with(|| {
@@ -629,6 +675,18 @@ impl Job<'_> {
             return report;
         };
         report.start_ms = self.t0.elapsed().as_millis() as u64;
+        for svc in &node.step.services {
+            match self.services.acquire(svc) {
+                Ok(exports) => env.extend(exports),
+                Err(e) => {
+                    b.console.note(&format!("{prefix} {e}"));
+                    report.status = Status::Failed;
+                    report.detail = Some(e.lines().next().unwrap_or("service failed").to_string());
+                    report.end_ms = self.t0.elapsed().as_millis() as u64;
+                    return report;
+                }
+            }
+        }
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
         let outcome = process::run(

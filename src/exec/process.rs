@@ -40,11 +40,13 @@ pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_A
 pub struct Console {
     lock: Mutex<()>,
     pub quiet: bool,
+    /// Send steps' standard output to stderr too (when stdout carries JSON).
+    pub all_to_stderr: bool,
 }
 
 impl Console {
     pub fn new(quiet: bool) -> Console {
-        Console { lock: Mutex::new(()), quiet }
+        Console { lock: Mutex::new(()), quiet, all_to_stderr: false }
     }
 
     pub fn line(&self, prefix: &str, text: &str, to_stderr: bool) {
@@ -52,7 +54,7 @@ impl Console {
             return;
         }
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if to_stderr {
+        if to_stderr || self.all_to_stderr {
             let _ = writeln!(std::io::stderr().lock(), "{prefix} {text}");
         } else {
             let _ = writeln!(std::io::stdout().lock(), "{prefix} {text}");

@@ -5,3 +5,4 @@ mod pipeline;
 pub mod remote;
 mod report;
 mod s3;
+mod verify;
