@@ -51,6 +51,130 @@ pub enum Command {
     /// Signing keys for remote cache entries.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Deploy an environment: gates, lease, region waves, migration (or `resume`, `history`).
+    Deploy(DeployCli),
+    /// Approve the current (or a given) release of an environment.
+    Approve(ApproveArgs),
+    /// Deploy leases: who holds them, and forced release (audited).
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Run an environment's rollback command, region by region in reverse order.
+    Rollback(RollbackArgs),
+    /// Do what the workflow does for a trigger: build its steps, then deploy.
+    Run(RunArgs),
+}
+
+/// `cairn deploy ENV`, `cairn deploy resume ENV`, `cairn deploy history ENV`.
+#[derive(Debug, Args)]
+pub struct DeployCli {
+    /// The environment, or `resume` / `history` followed by the environment.
+    pub target: String,
+    /// The environment, after `resume` or `history`.
+    pub env: Option<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The branch being deployed (default: GITHUB_REF_NAME, else git's current branch).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Deploy although a window is closed or a freeze is on; the reason is recorded.
+    #[arg(long, value_name = "REASON")]
+    pub break_glass: Option<String>,
+}
+
+/// What `cairn deploy` was asked to do.
+pub enum DeployCommand {
+    Start(DeployArgs),
+    Resume(DeployArgs),
+    History { env: String, pipeline: PipelineArg, store: StoreArg },
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployArgs {
+    pub env: String,
+    pub pipeline: PipelineArg,
+    pub store: StoreArg,
+    pub branch: Option<String>,
+    pub break_glass: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    pub env: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The release to approve (default: the current one).
+    #[arg(long)]
+    pub release: Option<String>,
+    /// The reviewer approving.
+    #[arg(long, env = "CAIRN_ACTOR")]
+    pub by: String,
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// How long the approval is valid (default: the environment's `approval.expires`, else 24h).
+    #[arg(long)]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds an environment's lease, and who waits.
+    Status {
+        env: String,
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Break a lease (recorded in the audit log).
+    Release {
+        env: String,
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pub env: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The release to roll back to (available to the command as {release}).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long, value_enum)]
+    pub event: EventArg,
+    #[arg(long)]
+    pub branch: Option<String>,
+    #[arg(long, value_name = "REASON")]
+    pub break_glass: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+impl RunArgs {
+    pub fn event_name(&self) -> &'static str {
+        crate::model::Event::from(self.event).as_str()
+    }
 }
 
 #[derive(Debug, Args, Clone, Default)]

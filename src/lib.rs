@@ -15,6 +15,7 @@
 //! report   pure over summaries   run summary, terminal table, JSON, HTML, trace, badge
 //! server   effects               `cairn serve`: the remote cache (Turborepo API v8)
 //! keys     pure                  ed25519 signing of remote entries
+//! deploy   effects               gates, leases, region waves, migrations, journal, notifications
 //! ```
 //! `model` and `plan` never import `std::fs`, `std::process`, the network or the store: what
 //! they need from the world is passed in as values.
@@ -22,6 +23,7 @@
 pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod inputs;
@@ -64,5 +66,31 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),
+        Command::Deploy(d) => {
+            let args = |env: String| cli::DeployArgs {
+                env,
+                pipeline: d.pipeline.clone(),
+                store: d.store.clone(),
+                branch: d.branch.clone(),
+                break_glass: d.break_glass.clone(),
+            };
+            let cmd = match (d.target.as_str(), d.env.clone()) {
+                ("resume", Some(env)) => cli::DeployCommand::Resume(args(env)),
+                ("history", Some(env)) => {
+                    cli::DeployCommand::History { env, pipeline: d.pipeline.clone(), store: d.store.clone() }
+                }
+                (env, None) if env != "resume" && env != "history" => cli::DeployCommand::Start(args(env.to_string())),
+                _ => {
+                    return Err(Error::Usage(
+                        "error: usage: cairn deploy ENV | cairn deploy resume ENV | cairn deploy history ENV".into(),
+                    ))
+                }
+            };
+            commands::deploy::run(&cmd)
+        }
+        Command::Approve(a) => commands::deploy::approve(&a),
+        Command::Lock(c) => commands::deploy::lock(&c),
+        Command::Rollback(a) => commands::deploy::rollback(&a),
+        Command::Run(a) => commands::deploy::run_trigger(&a),
     }
 }

@@ -64,6 +64,29 @@ const MIGRATIONS: &[&str] = &[
      DELETE FROM stat_cache;",
     // 5: log sizes, so a hit without logs needn't open its blob (-1: unknown).
     "ALTER TABLE entries ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT -1;",
+    // 6: deploys: runs and their journal, approvals, leases, what each region runs, the audit log.
+    "CREATE TABLE deploy_runs (
+        id TEXT PRIMARY KEY, env TEXT NOT NULL, release TEXT NOT NULL, who TEXT NOT NULL,
+        started_at INTEGER NOT NULL, finished_at INTEGER, result TEXT NOT NULL, halt_reason TEXT,
+        plan TEXT NOT NULL, break_glass TEXT
+    );
+    CREATE TABLE deploy_journal (
+        run_id TEXT NOT NULL, seq INTEGER NOT NULL, at INTEGER NOT NULL, phase INTEGER NOT NULL,
+        what TEXT NOT NULL, state TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (run_id, seq)
+    );
+    CREATE TABLE approvals (
+        env TEXT NOT NULL, release TEXT NOT NULL, approver TEXT NOT NULL, comment TEXT NOT NULL,
+        at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE leases (
+        env TEXT PRIMARY KEY, holder TEXT NOT NULL, run_id TEXT NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, acquired_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE lease_queue (env TEXT NOT NULL, run_id TEXT NOT NULL, since INTEGER NOT NULL, seen INTEGER NOT NULL,
+        PRIMARY KEY (env, run_id));
+    CREATE TABLE region_state (env TEXT NOT NULL, region TEXT NOT NULL, release TEXT NOT NULL, at INTEGER NOT NULL,
+        PRIMARY KEY (env, region));
+    CREATE TABLE audit (at INTEGER NOT NULL, env TEXT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
@@ -385,6 +408,45 @@ impl Index {
             .query_row("SELECT content FROM snapshots WHERE digest = ?1", [digest], |r| r.get(0))
             .optional()
             .map_err(ctx("snapshot"))
+    }
+
+    /// Run one statement (for the deploy journal, which owns its own tables' meaning).
+    pub fn exec(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<usize, IndexError> {
+        self.conn.execute(sql, args).map_err(ctx("deploy"))
+    }
+
+    /// Rows of strings (NULL as empty) for a query.
+    pub fn rows(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Vec<String>>, IndexError> {
+        let mut st = self.conn.prepare(sql).map_err(ctx("deploy"))?;
+        let n = st.column_count();
+        let rows = st
+            .query_map(args, |r| {
+                (0..n)
+                    .map(|i| {
+                        let v: rusqlite::types::Value = r.get(i)?;
+                        Ok(match v {
+                            rusqlite::types::Value::Null => String::new(),
+                            rusqlite::types::Value::Integer(i) => i.to_string(),
+                            rusqlite::types::Value::Real(f) => f.to_string(),
+                            rusqlite::types::Value::Text(t) => t,
+                            rusqlite::types::Value::Blob(_) => String::new(),
+                        })
+                    })
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .map_err(ctx("deploy"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx("deploy"));
+        rows
+    }
+
+    /// Run `f` in an immediate (write-locking) transaction.
+    pub fn immediate<T>(&mut self, f: impl FnOnce(&Index) -> Result<T, IndexError>) -> Result<T, IndexError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(ctx("deploy"))?;
+        let r = f(self);
+        let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(ctx("deploy"))?;
+        r
     }
 
     pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), IndexError> {

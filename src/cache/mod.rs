@@ -293,6 +293,12 @@ impl Store {
         Ok(self.index().snapshot(digest)?)
     }
 
+    /// The index, for the deploy journal (which lives in the same database).
+    pub fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> T) -> T {
+        let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut idx)
+    }
+
     pub fn save_run(&self, id: &str, started_at: i64, pipeline: &str, summary: &str) -> Result<(), StoreError> {
         Ok(self.index().save_run(id, started_at, pipeline, summary)?)
     }

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod deploy;
 pub mod graph;
 pub mod plan;
 pub mod report;

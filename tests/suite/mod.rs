@@ -1,5 +1,6 @@
 mod build;
 mod crash;
+mod deploy;
 mod hostile;
 mod pipeline;
 pub mod remote;

@@ -1,0 +1,287 @@
+//! Issue 7: gated, region-sequenced deploys, with a fake `flyctl` on PATH that records every
+//! call (and the token it saw) and fails on demand, and health endpoints on 127.0.0.1.
+
+use crate::util::{cairn_bin, Project};
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Fly {
+    dir: tempfile::TempDir,
+}
+
+impl Fly {
+    fn new(delay: &str) -> Fly {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls.log");
+        let script = format!(
+            "#!/bin/sh\necho \"$* token=${{FLY_API_TOKEN:-none}}\" >> '{}'\nfor a in \"$@\"; do [ -e '{}/fail-'\"$a\" ] && exit 1; done\nsleep {delay}\nexit 0\n",
+            log.display(),
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("flyctl"), script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("flyctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Fly { dir }
+    }
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+    fn fail(&self, arg: &str, on: bool) {
+        let f = self.dir.path().join(format!("fail-{arg}"));
+        if on {
+            std::fs::write(f, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    fn path_env(&self) -> String {
+        format!("{}:{}", self.dir.path().display(), std::env::var("PATH").unwrap())
+    }
+}
+
+/// An HTTP server on 127.0.0.1 answering 200 to everything.
+fn health_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+const TOKEN: &str = "fly-canary-9f8e7d6c5b4a";
+
+fn pipeline(port: u16, extra_env: &str) -> String {
+    format!(
+        r#"Pipeline(name: "automata-signal",
+  secrets: {{"FLY_API_TOKEN": Env("TEST_FLY_TOKEN")}},
+  steps: {{"verify": (run: "echo ok > verified.txt", outputs: ["verified.txt"])}},
+  environments: {{
+    "production": (
+      branches: ["main"],
+      requires: ["verify"],
+      approval: (reviewers: ["lead", "cto"], expires: "1h"),
+      secrets: {{"FLY_API_TOKEN": Inherit}},
+      regions: ["nrt", "fra", "syd"],
+      deploy: "flyctl deploy --app {{app}}-{{region}} --config fly.prod.{{region}}.toml",
+      health: (probe: Http("http://127.0.0.1:{port}/{{region}}/health"), retries: 2, interval: "50ms", timeout: "1s"),
+      migration: (run: "flyctl ssh console --app {{app}}-nrt --command migrate", phase: AfterAll),
+      rollback: "flyctl releases rollback --app {{app}}-{{region}}",
+      lock_ttl: "1s",
+      {extra_env}
+    ),
+  }},
+)"#
+    )
+}
+
+fn project(fly: &Fly, extra: &str) -> Project {
+    let p = Project::new()
+        .pipeline(&pipeline(health_server(), extra))
+        .env("PATH", &fly.path_env())
+        .env("TEST_FLY_TOKEN", TOKEN)
+        .env("CAIRN_ACTOR", "deployer");
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    p
+}
+
+fn approve(p: &Project) {
+    p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead", "--comment", "ship it"]).ok();
+}
+
+fn deploy(p: &Project, extra: &[&str]) -> crate::util::Run {
+    let mut args = vec!["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"];
+    args.extend_from_slice(extra);
+    p.run(&args)
+}
+
+fn kinds(calls: &[String]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| {
+            c.split(" token=")
+                .next()
+                .unwrap()
+                .split(" --config")
+                .next()
+                .unwrap()
+                .replace("--app ", "")
+                .replace(" --command migrate", "")
+        })
+        .collect()
+}
+
+#[test]
+fn production_goes_region_by_region_then_migrates_once_and_the_token_stays_secret() {
+    let fly = Fly::new("0");
+    let p = project(&fly, "");
+    approve(&p);
+    let r = deploy(&p, &[]).ok();
+    assert_eq!(
+        kinds(&fly.calls()),
+        [
+            "deploy automata-signal-nrt",
+            "deploy automata-signal-fra",
+            "deploy automata-signal-syd",
+            "ssh console automata-signal-nrt"
+        ]
+    );
+    assert!(fly.calls().iter().all(|c| c.ends_with(&format!("token={TOKEN}"))), "FLY_API_TOKEN reached flyctl");
+    let printed = r.stdout + &r.stderr;
+    assert!(!printed.contains(TOKEN), "{printed}");
+    for e in walkdir::WalkDir::new(p.path()).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+        let b = std::fs::read(e.path()).unwrap();
+        assert!(!String::from_utf8_lossy(&b).contains(TOKEN), "token in {}", e.path().display());
+    }
+    let h = p.run(&["deploy", "history", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+    assert!(h.contains("succeeded") && h.contains("by deployer"), "{h}");
+    // The same release again: every region already runs it.
+    deploy(&p, &[]).ok();
+    assert_eq!(fly.calls().len(), 5, "only the migration ran again: {:?}", fly.calls());
+}
+
+#[test]
+fn a_failing_region_halts_rolls_back_and_resume_continues_there() {
+    let fly = Fly::new("0");
+    let p = project(&fly, "");
+    approve(&p);
+    fly.fail("automata-signal-fra", true);
+    let r = deploy(&p, &[]).code(1);
+    assert!(r.stderr.contains("halted: deploy to fra failed"), "{}", r.stderr);
+    assert_eq!(
+        kinds(&fly.calls()),
+        ["deploy automata-signal-nrt", "deploy automata-signal-fra", "releases rollback automata-signal-fra"],
+        "syd untouched, fra rolled back, no migration"
+    );
+    let h = p.run(&["deploy", "history", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+    assert!(h.contains("halted") && h.contains("halt: deploy to fra failed"), "{h}");
+    fly.fail("automata-signal-fra", false);
+    let r = p.run(&["deploy", "resume", "production", "-p", "pipelines/test.ron", "--branch", "main"]).ok();
+    assert!(r.stderr.contains("resuming run"), "{}", r.stderr);
+    assert_eq!(
+        kinds(&fly.calls())[3..],
+        ["deploy automata-signal-fra", "deploy automata-signal-syd", "ssh console automata-signal-nrt"],
+        "resumed at fra; nrt not redeployed"
+    );
+}
+
+#[test]
+fn approvals_must_match_the_release_be_fresh_and_not_self_approved() {
+    let fly = Fly::new("0");
+    let p = project(&fly, "");
+    let r = deploy(&p, &[]).code(5);
+    assert!(
+        r.stderr.contains("needs an approval") && r.stderr.contains("no approval for this release"),
+        "{}",
+        r.stderr
+    );
+    p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead", "--release", "0123456789abcdef"]).ok();
+    let r = deploy(&p, &[]).code(5);
+    assert!(r.stderr.contains("needs an approval"), "an approval of another release does not count: {}", r.stderr);
+    p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead", "--expires", "1ms"]).ok();
+    std::thread::sleep(Duration::from_millis(20));
+    let r = deploy(&p, &[]).code(5);
+    assert!(r.stderr.contains("expired"), "{}", r.stderr);
+    let selfish = p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "cto"]);
+    assert_eq!(selfish.code, 0);
+    let r = p.run(&["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"]);
+    assert_eq!(r.code, 0, "cto approved, deployer deploys: {}", r.stderr);
+    // Self-approval refused: cto deploys with only cto's approval of a new release.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo ok2"));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "cto"]).ok();
+    let mut cmd = Command::new(cairn_bin());
+    cmd.args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
+        .current_dir(p.path())
+        .env("PATH", fly.path_env())
+        .env("TEST_FLY_TOKEN", TOKEN)
+        .env("CAIRN_ACTOR", "cto");
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not approve their own deploy"));
+    // Branch policy.
+    let r = p.run(&["deploy", "production", "-p", "pipelines/test.ron", "--branch", "feature/x"]).code(5);
+    assert!(r.stderr.contains("deploys only from main"), "{}", r.stderr);
+}
+
+#[test]
+fn a_freeze_is_refused_unless_broken_with_a_reason_which_history_shows() {
+    let fly = Fly::new("0");
+    let p = project(
+        &fly,
+        r#"freezes: [(from: "2020-01-01T00:00:00Z", until: "2099-01-01T00:00:00Z", reason: "audit season")],"#,
+    );
+    approve(&p);
+    let r = deploy(&p, &[]).code(5);
+    assert!(r.stderr.contains("closed for deploys: in a freeze (audit season)"), "{}", r.stderr);
+    assert!(fly.calls().is_empty());
+    deploy(&p, &["--break-glass", "sev1 hotfix"]).ok();
+    assert_eq!(fly.calls().len(), 4);
+    let h = p.run(&["deploy", "history", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+    assert!(h.contains("break-glass") && h.contains("sev1 hotfix"), "{h}");
+}
+
+#[test]
+fn two_deploys_queue_and_a_killed_deploys_lease_expires() {
+    let fly = Fly::new("0.3");
+    let p = project(&fly, "");
+    approve(&p);
+    let spawn = || {
+        Command::new(cairn_bin())
+            .args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
+            .current_dir(p.path())
+            .env("PATH", fly.path_env())
+            .env("TEST_FLY_TOKEN", TOKEN)
+            .env("CAIRN_ACTOR", "deployer")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    std::thread::sleep(Duration::from_millis(400));
+    let second = spawn();
+    let a = first.wait_with_output().unwrap();
+    let b = second.wait_with_output().unwrap();
+    assert!(a.status.success() && b.status.success());
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("waiting for the lease"),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let k = kinds(&fly.calls());
+    assert_eq!(
+        k[..4],
+        [
+            "deploy automata-signal-nrt",
+            "deploy automata-signal-fra",
+            "deploy automata-signal-syd",
+            "ssh console automata-signal-nrt"
+        ],
+        "the second waited its turn: {k:?}"
+    );
+
+    // A deploy killed mid-flight leaves a lease that expires (ttl 1s) instead of blocking forever.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo v3"));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    approve(&p);
+    let mut victim = spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    victim.kill().unwrap();
+    let _ = victim.wait();
+    let s = p.run(&["lock", "status", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+    assert!(s.contains("held by deployer") || s.contains("expired"), "{s}");
+    let t = Instant::now();
+    let r = p.run(&["deploy", "resume", "production", "-p", "pipelines/test.ron", "--branch", "main"]).ok();
+    assert!(t.elapsed() < Duration::from_secs(20), "{}", r.stderr);
+    let forced = p.run(&["lock", "release", "production", "-p", "pipelines/test.ron", "--force"]);
+    assert_eq!(forced.code, 2, "--force needs a reason");
+}
