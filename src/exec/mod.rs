@@ -544,6 +544,7 @@ impl Build<'_> {
             }
         });
         services.stop_all();
+        self.console.finish();
         let interrupted = process::interrupted();
         for &i in &self.selected {
             done.entry(i).or_insert_with(|| {

@@ -42,11 +42,35 @@ pub struct Console {
     pub quiet: bool,
     /// Send steps' standard output to stderr too (when stdout carries JSON).
     pub all_to_stderr: bool,
+    /// On a terminal (and not in CI), progress is one status line redrawn under the output.
+    tty: bool,
+    status: Mutex<String>,
 }
 
 impl Console {
     pub fn new(quiet: bool) -> Console {
-        Console { lock: Mutex::new(()), quiet, all_to_stderr: false }
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal()
+            && std::env::var_os("CI").is_none()
+            && std::env::var_os("TERM").is_some_and(|t| t != "dumb");
+        Console { lock: Mutex::new(()), quiet, all_to_stderr: false, tty, status: Mutex::new(String::new()) }
+    }
+
+    /// Clear the status line (terminal only); call with the lock held.
+    fn clear_status(&self, err: &mut dyn Write) {
+        if self.tty && !self.status.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+    }
+
+    fn redraw_status(&self, err: &mut dyn Write) {
+        if self.tty {
+            let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if !st.is_empty() {
+                let _ = write!(err, "\x1b[2m{st}\x1b[0m");
+                let _ = err.flush();
+            }
+        }
     }
 
     pub fn line(&self, prefix: &str, text: &str, to_stderr: bool) {
@@ -54,23 +78,50 @@ impl Console {
             return;
         }
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = std::io::stderr().lock();
+        self.clear_status(&mut err);
         if to_stderr || self.all_to_stderr {
-            let _ = writeln!(std::io::stderr().lock(), "{prefix} {text}");
+            let _ = writeln!(err, "{prefix} {text}");
         } else {
+            let _ = err.flush();
             let _ = writeln!(std::io::stdout().lock(), "{prefix} {text}");
+            let _ = std::io::stdout().flush();
         }
+        self.redraw_status(&mut err);
     }
 
-    /// A progress line (suppressed with `--quiet`).
+    /// Progress: a redrawn status line on a terminal, plain lines elsewhere (suppressed with
+    /// `--quiet`).
     pub fn progress(&self, text: &str) {
-        if !self.quiet {
+        if self.quiet {
+            return;
+        }
+        if self.tty {
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut err = std::io::stderr().lock();
+            self.clear_status(&mut err);
+            *self.status.lock().unwrap_or_else(|p| p.into_inner()) = text.to_string();
+            self.redraw_status(&mut err);
+        } else {
             self.note(text);
         }
     }
 
+    /// Remove the status line (end of run).
+    pub fn finish(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = std::io::stderr().lock();
+        self.clear_status(&mut err);
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let _ = err.flush();
+    }
+
     pub fn note(&self, text: &str) {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(std::io::stderr().lock(), "{text}");
+        let mut err = std::io::stderr().lock();
+        self.clear_status(&mut err);
+        let _ = writeln!(err, "{text}");
+        self.redraw_status(&mut err);
     }
 }
 

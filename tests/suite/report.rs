@@ -245,3 +245,29 @@ fn the_html_page_renders_in_headless_chromium() {
 fn which(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
+
+#[test]
+fn progress_is_a_status_line_on_a_terminal_and_plain_lines_in_logs() {
+    let p = project(&canary());
+    // Not a terminal (as in CI logs): plain lines.
+    let r = p.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    assert!(r.stderr.contains("cairn: [1/3] deps ran · running:"), "{}", r.stderr);
+    assert!(!r.stderr.contains("\x1b[2K"));
+    // Under a pseudo-terminal: one status line, redrawn and cleared at the end.
+    if !which("script") {
+        return;
+    }
+    p.write("lib/a.ex", "defmodule A do def tty, do: 1 end\n");
+    let cmd = format!("{} build -p pipelines/test.ron", crate::util::cairn_bin().display());
+    let out = std::process::Command::new("script")
+        .args(["-qc", &cmd, "/dev/null"])
+        .current_dir(p.path())
+        .env_remove("CI")
+        .env("TERM", "xterm")
+        .env("CANARY_TOKEN", "not-a-real-secret-xyz")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("\x1b[2K") && tty.contains("cairn: [3/3]"), "{tty}");
+    assert!(!tty.contains("cairn: [1/3] deps ran · running: compile\r\n"), "progress is not printed as lines: {tty}");
+}
