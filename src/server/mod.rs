@@ -123,6 +123,13 @@ fn authorize(st: &AppState, headers: &HeaderMap, ns: &str, need: Scope) -> Resul
     }
 }
 
+/// The namespace of a request, once its token may `need` it.
+fn access(st: &AppState, q: &HashMap<String, String>, headers: &HeaderMap, need: Scope) -> Result<String, Response> {
+    let ns = namespace(q)?;
+    authorize(st, headers, &ns, need)?;
+    Ok(ns)
+}
+
 fn paths(st: &AppState, ns: &str, hash: &str) -> (PathBuf, PathBuf) {
     let dir = st.opts.store.join(ns);
     (dir.join(hash), dir.join(format!("{hash}.meta")))
@@ -163,13 +170,10 @@ async fn get_artifact(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let ns = match namespace(&q) {
+    let ns = match access(&st, &q, &headers, Scope::Read) {
         Ok(ns) => ns,
         Err(r) => return r,
     };
-    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
-        return r;
-    }
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
     }
@@ -221,13 +225,10 @@ async fn put_artifact(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ns = match namespace(&q) {
+    let ns = match access(&st, &q, &headers, Scope::Write) {
         Ok(ns) => ns,
         Err(r) => return r,
     };
-    if let Err(r) = authorize(&st, &headers, &ns, Scope::Write) {
-        return r;
-    }
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
     }
@@ -411,11 +412,7 @@ async fn events(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ns = match namespace(&q) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
+    if let Err(r) = access(&st, &q, &headers, Scope::Read) {
         return r;
     }
     if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -438,13 +435,10 @@ async fn query(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ns = match namespace(&q) {
+    let ns = match access(&st, &q, &headers, Scope::Read) {
         Ok(ns) => ns,
         Err(r) => return r,
     };
-    if let Err(r) = authorize(&st, &headers, &ns, Scope::Read) {
-        return r;
-    }
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad_request", "expected {\"hashes\": [...]}");
     };

@@ -91,7 +91,7 @@ fn ran(log: &tempfile::TempDir) -> Vec<String> {
     v.lines().map(String::from).collect()
 }
 
-fn statuses(summary: &str) -> Vec<String> {
+pub fn statuses(summary: &str) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(summary).unwrap();
     v["steps"]
         .as_array()

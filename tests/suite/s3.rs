@@ -1,7 +1,7 @@
 //! Issue 5: the S3-compatible backend, against a real S3-compatible server (moto) on
 //! 127.0.0.1 that `.ci/run` installs: as `cairn serve`'s storage, and used by clients directly.
 
-use super::remote::Server;
+use super::remote::{statuses, Server};
 use crate::util::Project;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,16 +51,6 @@ const PIPELINE: &str = r#"Pipeline(
     "use": (run: "cat out/a.txt > all.txt", needs: ["gen"], outputs: ["all.txt"]),
   },
 )"#;
-
-fn statuses(stdout: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(stdout).unwrap();
-    v["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| format!("{}:{}", s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
-        .collect()
-}
 
 fn aws(p: Project, m: &Moto) -> Project {
     p.env("AWS_ACCESS_KEY_ID", "test")
