@@ -417,7 +417,8 @@ impl Runner<'_> {
     /// Run one command; Ok(()) on exit 0.
     fn run_cmd(&self, label: &str, cmd: &str, timeout: Option<Duration>) -> Result<(), String> {
         self.console.note(&format!("[{label}] $ {}", self.masker.mask(cmd)));
-        let out = process::run(
+        // Not cancellable: Ctrl-C lets a running phase finish; the rollout halts after it.
+        let out = process::run_opts(
             cmd,
             &self.root,
             &self.env_for_commands(),
@@ -425,6 +426,7 @@ impl Runner<'_> {
             &format!("[{label}]"),
             self.console,
             &self.masker,
+            false,
         )
         .map_err(|e| format!("could not start: {e}"))?;
         match out.exit {

@@ -188,6 +188,22 @@ pub fn run(
     console: &Console,
     masker: &Masker,
 ) -> std::io::Result<Outcome> {
+    run_opts(command, cwd, env, timeout, prefix, console, masker, true)
+}
+
+/// [`run`], choosing whether Ctrl-C stops the command (`cancellable`) or lets it finish: a
+/// deploy phase is never cut off midway; the deploy halts after it.
+#[allow(clippy::too_many_arguments)]
+pub fn run_opts(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    prefix: &str,
+    console: &Console,
+    masker: &Masker,
+    cancellable: bool,
+) -> std::io::Result<Outcome> {
     let started = Instant::now();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -228,7 +244,7 @@ pub fn run(
                 Ok(None) => {}
                 Err(_) => break Exit::Code(-1),
             }
-            let why = if interrupted() {
+            let why = if cancellable && interrupted() {
                 Some(Exit::Interrupted)
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 Some(Exit::TimedOut)

@@ -15,9 +15,10 @@ impl Fly {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("calls.log");
         let script = format!(
-            "#!/bin/sh\necho \"$* token=${{FLY_API_TOKEN:-none}}\" >> '{}'\nfor a in \"$@\"; do [ -e '{}/fail-'\"$a\" ] && exit 1; done\nsleep {delay}\nexit 0\n",
+            "#!/bin/sh\necho \"$* token=${{FLY_API_TOKEN:-none}}\" >> '{}'\nfor a in \"$@\"; do [ -e '{}/fail-'\"$a\" ] && exit 1; done\nsleep {delay}\necho \"$*\" >> '{}'\nexit 0\n",
             log.display(),
-            dir.path().display()
+            dir.path().display(),
+            dir.path().join("finished.log").display()
         );
         std::fs::write(dir.path().join("flyctl"), script).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -284,4 +285,37 @@ fn two_deploys_queue_and_a_killed_deploys_lease_expires() {
     assert!(t.elapsed() < Duration::from_secs(20), "{}", r.stderr);
     let forced = p.run(&["lock", "release", "production", "-p", "pipelines/test.ron", "--force"]);
     assert_eq!(forced.code, 2, "--force needs a reason");
+}
+
+#[test]
+fn ctrl_c_never_cuts_a_phase_midway_and_the_rollout_resumes_after_it() {
+    let fly = Fly::new("1");
+    let p = project(&fly, "");
+    approve(&p);
+    let child = Command::new(cairn_bin())
+        .args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
+        .current_dir(p.path())
+        .env("PATH", fly.path_env())
+        .env("TEST_FLY_TOKEN", TOKEN)
+        .env("CAIRN_ACTOR", "deployer")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fly.calls().is_empty() {
+        assert!(Instant::now() < deadline, "the deploy never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let finished = std::fs::read_to_string(fly.dir.path().join("finished.log")).unwrap_or_default();
+    assert!(finished.contains("automata-signal-nrt"), "nrt's deploy ran to its end: {finished:?}");
+    assert_eq!(fly.calls().len(), 1, "fra was not started");
+    let r = p.run(&["deploy", "resume", "production", "-p", "pipelines/test.ron", "--branch", "main"]).ok();
+    assert!(r.stderr.contains("resuming run"), "{}", r.stderr);
+    assert_eq!(
+        kinds(&fly.calls())[1..],
+        ["deploy automata-signal-fra", "deploy automata-signal-syd", "ssh console automata-signal-nrt"]
+    );
 }
