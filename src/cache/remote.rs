@@ -23,6 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+/// The envelope artifact's `x-artifact-tag` states the entry's outputs digest, so a batch query
+/// tells a planner what dependents' keys will be without downloading anything.
+pub const OUTPUTS_TAG: &str = "cairn-outputs:";
+
 /// Time allowed for moving one archive (the short client timeout applies to everything else).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -329,12 +333,22 @@ impl Remote {
         Ok(Some(Fetched { envelope: env, body: path }))
     }
 
-    /// Which of `keys` the remote holds (one request).
-    pub fn exists_many(&self, keys: &[String]) -> Result<Vec<bool>, RemoteError> {
+    /// Which of `keys` the remote holds, in one request: for each, `None` when absent, else
+    /// the outputs digest the envelope's tag states (`Some(None)` if it states none).
+    pub fn exists_many(&self, keys: &[String]) -> Result<Vec<Option<Option<String>>>, RemoteError> {
         if self.is_down() {
             return Err(RemoteError::Unavailable("skipped after an earlier failure".into()));
         }
         let hashes: Vec<String> = keys.iter().map(|k| format!("{k}-meta")).collect();
+        if let Some((s3, rt)) = &self.s3 {
+            return hashes
+                .iter()
+                .map(|h| {
+                    let found = rt.block_on(s3.exists(&self.cfg.namespace, h)).map_err(RemoteError::Unavailable)?;
+                    Ok(found.then_some(None))
+                })
+                .collect();
+        }
         let url = format!("{}/v8/artifacts?slug={}", self.cfg.url.trim_end_matches('/'), self.cfg.namespace);
         let resp =
             self.auth(self.client.post(url)).json(&serde_json::json!({ "hashes": hashes })).send().map_err(|e| {
@@ -345,7 +359,13 @@ impl Remote {
             return Err(RemoteError::Other(format!("batch query: HTTP {}", resp.status())));
         }
         let v: serde_json::Value = resp.json().map_err(|e| RemoteError::Other(e.to_string()))?;
-        Ok(hashes.iter().map(|h| v[h].get("size").is_some()).collect())
+        Ok(hashes
+            .iter()
+            .map(|h| {
+                v[h].get("size")
+                    .map(|_| v[h]["tag"].as_str().and_then(|t| t.strip_prefix(OUTPUTS_TAG)).map(String::from))
+            })
+            .collect())
     }
 
     /// Queue an upload of a committed entry (the blob is copied so the local store can evict).
@@ -387,11 +407,15 @@ impl Remote {
         size: u64,
         digest: &str,
         duration: u64,
+        tag: Option<&str>,
     ) -> Result<(), RemoteError> {
         // 10 s plus one second per MiB: generous for a slow link, bounded for a hung server.
         let timeout = Duration::from_secs(10 + size / (1 << 20)).min(TRANSFER_TIMEOUT);
-        let resp = self
-            .auth(self.client.put(self.artifact_url(hash)))
+        let mut rb = self.auth(self.client.put(self.artifact_url(hash)));
+        if let Some(t) = tag {
+            rb = rb.header("x-artifact-tag", t);
+        }
+        let resp = rb
             .header("content-type", "application/octet-stream")
             .header("x-artifact-duration", duration.to_string())
             .header("x-cairn-blob-digest", digest)
@@ -442,11 +466,20 @@ impl Remote {
             size,
             &u.envelope.blob_digest,
             u.envelope.duration_ms,
+            None,
         )?;
         let env = serde_json::to_vec(&u.envelope).expect("envelopes serialise");
         let digest = blake3::hash(&env).to_hex().to_string();
         let len = env.len() as u64;
-        self.put(&format!("{}-meta", u.key), reqwest::blocking::Body::from(env), len, &digest, u.envelope.duration_ms)?;
+        let tag = format!("{OUTPUTS_TAG}{}", u.envelope.outputs_digest);
+        self.put(
+            &format!("{}-meta", u.key),
+            reqwest::blocking::Body::from(env),
+            len,
+            &digest,
+            u.envelope.duration_ms,
+            Some(&tag),
+        )?;
         Ok(size)
     }
 

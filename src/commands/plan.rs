@@ -16,6 +16,8 @@ pub struct StepState {
     /// `None` when an upstream step will run, so the key is not known yet.
     pub key: Option<String>,
     pub hit: bool,
+    /// The hit is in the remote cache (it will be downloaded).
+    pub remote: bool,
     pub reasons: Vec<DirtyReason>,
     contribution: Option<Upstream>,
 }
@@ -27,68 +29,114 @@ impl StepState {
     }
 }
 
-/// Predict hit or will-run for each selected node, in topological order.
+/// Predict hit or will-run for each selected node, from the local store.
 pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store) -> BTreeMap<usize, StepState> {
+    predict_with_remote(g, selected, prepared, store, None)
+}
+
+/// Predict with a remote too: level by level through the graph, the local misses whose keys
+/// are known are asked of the remote in **one batch request per level**; a remote hit's
+/// outputs digest (from the envelope's tag) gives its dependents' keys without downloading.
+pub fn predict_with_remote(
+    g: &Graph,
+    selected: &[usize],
+    prepared: &Prepared,
+    store: &Store,
+    remote: Option<&crate::cache::remote::Remote>,
+) -> BTreeMap<usize, StepState> {
     let mut out: BTreeMap<usize, StepState> = BTreeMap::new();
-    for &i in selected {
-        let n = &g.nodes[i];
-        let mut manifest = prepared.manifests[&i].clone();
-        let mut unknown = None;
-        for &d in &n.needs {
-            match out.get(&d).and_then(|s| s.contribution.clone()) {
-                Some(c) => {
-                    manifest.upstream.insert(g.nodes[d].name.clone(), c);
-                }
-                None => unknown = unknown.or(Some(g.nodes[d].name.clone())),
+    loop {
+        let mut asked: Vec<(usize, String, Vec<DirtyReason>)> = Vec::new();
+        let before = out.len();
+        for &i in selected {
+            if out.contains_key(&i) || asked.iter().any(|(j, _, _)| *j == i) {
+                continue;
             }
-        }
-        if let Some(step) = unknown {
-            out.insert(
-                i,
-                StepState {
-                    key: None,
+            let n = &g.nodes[i];
+            if n.needs.iter().any(|d| selected.contains(d) && !out.contains_key(d)) {
+                continue; // decided in a later round
+            }
+            let mut manifest = prepared.manifests[&i].clone();
+            let mut unknown = None;
+            for &d in &n.needs {
+                match out.get(&d).and_then(|s| s.contribution.clone()) {
+                    Some(c) => {
+                        manifest.upstream.insert(g.nodes[d].name.clone(), c);
+                    }
+                    None => unknown = unknown.or(Some(g.nodes[d].name.clone())),
+                }
+            }
+            if let Some(step) = unknown {
+                let reasons = vec![DirtyReason::UpstreamWillRun { step }];
+                out.insert(i, StepState { key: None, hit: false, remote: false, reasons, contribution: None });
+                continue;
+            }
+            let key = manifest.key();
+            if !n.step.cache {
+                let reasons = vec![DirtyReason::NotCacheable];
+                out.insert(i, StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None });
+                continue;
+            }
+            let state = match store.lookup(&n.name, manifest.clone()) {
+                Ok(Lookup::Hit(e)) => {
+                    let c = if n.step.outputs.is_empty() {
+                        Upstream::Key(key.clone())
+                    } else {
+                        Upstream::Outputs(e.outputs_digest)
+                    };
+                    StepState { key: Some(key), hit: true, remote: false, reasons: vec![], contribution: Some(c) }
+                }
+                Ok(Lookup::Miss(_, evicted)) => {
+                    let reasons = match evicted {
+                        Some(why) if why.starts_with("corrupt") => {
+                            vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
+                        }
+                        Some(_) => vec![DirtyReason::Evicted],
+                        None => why_missed(store, &n.name, &key, &manifest),
+                    };
+                    if remote.is_some() {
+                        asked.push((i, key, reasons));
+                        continue;
+                    }
+                    StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None }
+                }
+                Err(e) => StepState {
+                    key: Some(key),
                     hit: false,
-                    reasons: vec![DirtyReason::UpstreamWillRun { step }],
+                    remote: false,
+                    reasons: vec![DirtyReason::StoreError { detail: e.to_string() }],
                     contribution: None,
                 },
-            );
-            continue;
+            };
+            out.insert(i, state);
         }
-        let key = manifest.key();
-        if !n.step.cache {
-            out.insert(
-                i,
-                StepState { key: Some(key), hit: false, reasons: vec![DirtyReason::NotCacheable], contribution: None },
-            );
-            continue;
-        }
-        let state = match store.lookup(&n.name, manifest.clone()) {
-            Ok(Lookup::Hit(e)) => {
-                let c = if n.step.outputs.is_empty() {
-                    Upstream::Key(key.clone())
-                } else {
-                    Upstream::Outputs(e.outputs_digest)
-                };
-                StepState { key: Some(key), hit: true, reasons: vec![], contribution: Some(c) }
-            }
-            Ok(Lookup::Miss(_, evicted)) => {
-                let reasons = match evicted {
-                    Some(why) if why.starts_with("corrupt") => {
-                        vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
+        if let (Some(r), false) = (remote, asked.is_empty()) {
+            let keys: Vec<String> = asked.iter().map(|(_, k, _)| k.clone()).collect();
+            let answers = r.exists_many(&keys);
+            for (pos, (i, key, mut reasons)) in asked.into_iter().enumerate() {
+                let n = &g.nodes[i];
+                let state = match &answers {
+                    Ok(found) => match &found[pos] {
+                        Some(outputs) => {
+                            let c = match (n.step.outputs.is_empty(), outputs) {
+                                (true, _) => Some(Upstream::Key(key.clone())),
+                                (false, Some(d)) => Some(Upstream::Outputs(d.clone())),
+                                (false, None) => None,
+                            };
+                            StepState { key: Some(key), hit: true, remote: true, reasons: vec![], contribution: c }
+                        }
+                        None => StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None },
+                    },
+                    Err(e) => {
+                        reasons.push(DirtyReason::RemoteError { detail: e.to_string() });
+                        StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None }
                     }
-                    Some(_) => vec![DirtyReason::Evicted],
-                    None => why_missed(store, &n.name, &key, &manifest),
                 };
-                StepState { key: Some(key), hit: false, reasons, contribution: None }
+                out.insert(i, state);
             }
-            Err(e) => StepState {
-                key: Some(key),
-                hit: false,
-                reasons: vec![DirtyReason::StoreError { detail: e.to_string() }],
-                contribution: None,
-            },
-        };
-        out.insert(i, state);
+        } else if out.len() == before {
+            break;
+        }
     }
     out
 }
@@ -109,8 +157,9 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
     } else {
         let root = project_root(&args.pipeline.pipeline);
         let (store, cache_dir) = open_store(&args.store, &root)?;
+        let remote = super::build::remote_client(&args.remote, &p)?;
         match crate::exec::prepare(&p, &g, &plan.steps, &root, &store, &cache_dir, 2) {
-            Ok(prepared) => predict(&g, &plan.steps, &prepared, &store),
+            Ok(prepared) => predict_with_remote(&g, &plan.steps, &prepared, &store, remote.as_deref()),
             Err(e) => {
                 eprintln!("warning: cache state unknown: {e}");
                 BTreeMap::new()
@@ -129,7 +178,7 @@ fn state_json(s: Option<&StepState>) -> serde_json::Value {
     match s {
         None => serde_json::json!({"cache": "unknown"}),
         Some(s) => serde_json::json!({
-            "cache": if s.hit { "hit" } else { "will-run" },
+            "cache": if s.remote { "hit-remote" } else if s.hit { "hit" } else { "will-run" },
             "key": s.key,
             "reasons": s.reasons.iter().map(|r| serde_json::json!({"code": r.code(), "detail": r.describe()})).collect::<Vec<_>>(),
         }),
@@ -139,6 +188,7 @@ fn state_json(s: Option<&StepState>) -> serde_json::Value {
 fn state_text(s: Option<&StepState>) -> String {
     match s {
         None => String::new(),
+        Some(s) if s.remote => "  [hit, remote]".into(),
         Some(s) if s.hit => "  [hit]".into(),
         Some(s) => {
             let why: Vec<String> = s.reasons.iter().take(3).map(|r| r.describe()).collect();

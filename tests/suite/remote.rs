@@ -411,3 +411,26 @@ fn real_turbo_gets_a_remote_hit_from_cairn_serve() {
     assert!(second.contains("1 cached, 1 total"), "a remote hit with the local cache cleared: {second}");
     assert_eq!(ws.read("packages/a/dist/out.txt"), "built\n");
 }
+
+#[test]
+fn plan_asks_the_remote_in_one_batch_per_level_and_sees_remote_hits() {
+    let server = Server::start(&[]);
+    let with_trigger = PIPELINE.replace("\n  },\n)", "\n  },\n  triggers: [(on: Manual, run: [\"use\"])],\n)");
+    let (a, _alog) = checkout(&server, WRITER, &with_trigger);
+    a.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    let (b, blog) = checkout(&server, READER, &with_trigger);
+    let v = b.run(&["plan", "-p", "pipelines/test.ron", "--event", "manual", "--json"]).ok().json();
+    let states: Vec<String> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}:{}", s["name"].as_str().unwrap(), s["state"]["cache"].as_str().unwrap()))
+        .collect();
+    // `use` can only be known as a remote hit through gen's outputs digest (the envelope's tag).
+    assert_eq!(states, ["gen:hit-remote", "use:hit-remote"]);
+    assert!(ran(&blog).is_empty(), "planning runs nothing");
+    b.write("src/b.txt", "changed\n");
+    let v = b.run(&["plan", "-p", "pipelines/test.ron", "--event", "manual", "--json"]).ok().json();
+    assert_eq!(v["steps"][0]["state"]["cache"], "hit-remote");
+    assert_eq!(v["steps"][1]["state"]["cache"], "will-run");
+}
