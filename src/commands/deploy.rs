@@ -438,11 +438,8 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
         let cmd = crate::plan::trigger::render_env(rb, &vars, region, &target);
         let label = region.unwrap_or("rollback");
         console.note(&format!("[{label}] $ {}", r.masker.mask(&cmd)));
-        let env_cmd: BTreeMap<String, String> = process::BASE_ENV
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .chain(r.secret_env.clone())
-            .collect();
+        let mut env_cmd = process::base_env([]);
+        env_cmd.extend(r.secret_env.clone());
         let out = process::run(
             &cmd,
             &root,

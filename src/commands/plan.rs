@@ -4,7 +4,7 @@ use super::{load_pipeline, open_store, project_root};
 use crate::cache::{Lookup, Store};
 use crate::cli::PlanArgs;
 use crate::error::Error;
-use crate::exec::{why_missed, Prepared};
+use crate::exec::{miss_reasons, Prepared};
 use crate::plan::key::{DirtyReason, Upstream};
 use crate::plan::{plan_trigger, Graph, Phase, RunPlan, TriggerRequest};
 use std::collections::BTreeMap;
@@ -79,21 +79,11 @@ pub fn predict_with_remote(
             }
             let state = match store.lookup(&n.name, manifest.clone()) {
                 Ok(Lookup::Hit(e)) => {
-                    let c = if n.step.outputs.is_empty() {
-                        Upstream::Key(key.clone())
-                    } else {
-                        Upstream::Outputs(e.outputs_digest)
-                    };
+                    let c = Upstream::of(!n.step.outputs.is_empty(), &key, &e.outputs_digest);
                     StepState { key: Some(key), hit: true, remote: false, reasons: vec![], contribution: Some(c) }
                 }
                 Ok(Lookup::Miss(_, evicted)) => {
-                    let reasons = match evicted {
-                        Some(why) if why.starts_with("corrupt") => {
-                            vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
-                        }
-                        Some(_) => vec![DirtyReason::Evicted],
-                        None => why_missed(store, &n.name, &key, &manifest),
-                    };
+                    let reasons = miss_reasons(store, &n.name, &key, &manifest, evicted);
                     if remote.is_some() {
                         asked.push((i, key, reasons));
                         continue;

@@ -402,12 +402,7 @@ fn journal(store: &Store, run_id: &str, phase: usize, what: &str, state: &str, d
 
 impl Runner<'_> {
     fn env_for_commands(&self) -> BTreeMap<String, String> {
-        let mut env = BTreeMap::new();
-        for k in process::BASE_ENV {
-            if let Ok(v) = std::env::var(k) {
-                env.insert(k.to_string(), v);
-            }
-        }
+        let mut env = process::base_env([]);
         env.extend(self.secret_env.clone());
         env.insert("CAIRN_RELEASE".into(), self.release.clone());
         env.insert("CAIRN_ENVIRONMENT".into(), self.env_name.to_string());

@@ -635,13 +635,7 @@ impl Job<'_> {
                     pending = Some(b.store.pending_forced(&node.name, self.manifest.clone()));
                 }
                 Ok(Lookup::Miss(p, evicted)) => {
-                    match evicted {
-                        Some(why) if why.starts_with("corrupt") => report
-                            .reasons
-                            .push(DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }),
-                        Some(_) => report.reasons.push(DirtyReason::Evicted),
-                        None => report.reasons.extend(why_missed(b.store, &node.name, &key, &self.manifest)),
-                    }
+                    report.reasons.extend(miss_reasons(b.store, &node.name, &key, &self.manifest, evicted));
                     if b.is_forced(self.node) {
                         report.reasons.insert(0, DirtyReason::Forced);
                         pending = Some(p);
@@ -656,14 +650,7 @@ impl Job<'_> {
         }
 
         // Run it.
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        for name in
-            process::BASE_ENV.iter().chain(node.step.pass_env.iter().map(String::as_str).collect::<Vec<_>>().iter())
-        {
-            if let Ok(v) = std::env::var(name) {
-                env.insert(name.to_string(), v);
-            }
-        }
+        let mut env = process::base_env(node.step.pass_env.iter().map(String::as_str));
         env.extend(node.env.clone());
         for s in &node.step.secrets {
             if let Some(v) = self.prepared.secret_values.get(s) {
@@ -844,11 +831,7 @@ impl Job<'_> {
         report.saved_ms = entry.duration_ms;
         report.bytes_restored = restored.bytes;
         report.duration_ms = started.elapsed().as_millis() as u64;
-        report.contribution = Some(if has_outputs {
-            Upstream::Outputs(entry.outputs_digest.clone())
-        } else {
-            Upstream::Key(entry.key.clone())
-        });
+        report.contribution = Some(Upstream::of(has_outputs, &entry.key, &entry.outputs_digest));
         report.end_ms = self.t0.elapsed().as_millis() as u64;
         Ok(())
     }
@@ -925,6 +908,24 @@ fn changed_paths(a: &BTreeMap<String, FileDigest>, b: &BTreeMap<String, FileDige
     out.sort();
     out.dedup();
     out
+}
+
+/// Why a lookup missed: the entry was dropped as corrupt, evicted, or (never stored under this
+/// key) what differs from the newest entry of the same step.
+pub fn miss_reasons(
+    store: &Store,
+    step: &str,
+    key: &str,
+    manifest: &KeyManifest,
+    evicted: Option<String>,
+) -> Vec<DirtyReason> {
+    match evicted {
+        Some(why) if why.starts_with("corrupt") => {
+            vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
+        }
+        Some(_) => vec![DirtyReason::Evicted],
+        None => why_missed(store, step, key, manifest),
+    }
 }
 
 /// Why a key missed: compare with the newest entry of the same step.

@@ -35,6 +35,12 @@ pub fn interrupted() -> bool {
 /// Environment names every step gets from cairn's own environment.
 pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL", "TZ"];
 
+/// The environment every command cairn runs starts from: [`BASE_ENV`] and the `extra` names
+/// (a step's `pass_env`), with the values cairn itself has.
+pub fn base_env<'a>(extra: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, String> {
+    BASE_ENV.iter().copied().chain(extra).filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect()
+}
+
 /// Where live output goes. Lines are written whole, so concurrent steps don't interleave
 /// within a line.
 pub struct Console {

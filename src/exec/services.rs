@@ -13,7 +13,7 @@
 //! It is stopped (its `stop` command, then SIGTERM and SIGKILL to the group) as soon as no
 //! pending step needs it, and whenever the run ends, fails or is interrupted.
 
-use super::process::{interrupted, BASE_ENV};
+use super::process::{base_env, interrupted};
 use crate::model::{render, Pipeline, Probe};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::CommandExt;
@@ -151,12 +151,7 @@ impl<'a> Services<'a> {
         let fill = |t: &str| {
             render(t, |k| vars.get(k).cloned()).map_err(|k| format!("service `{name}`: placeholder {{{k}}} undefined"))
         };
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        for k in BASE_ENV {
-            if let Ok(v) = std::env::var(k) {
-                env.insert(k.to_string(), v);
-            }
-        }
+        let mut env = base_env([]);
         for (k, v) in svc.env.iter() {
             env.insert(k.clone(), fill(v)?);
         }

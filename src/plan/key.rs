@@ -68,6 +68,18 @@ pub enum Upstream {
     Key(String),
 }
 
+impl Upstream {
+    /// What a step contributes to its dependents: its outputs digest, or its key when it
+    /// declares no outputs.
+    pub fn of(has_outputs: bool, key: &str, outputs_digest: &str) -> Upstream {
+        if has_outputs {
+            Upstream::Outputs(outputs_digest.to_string())
+        } else {
+            Upstream::Key(key.to_string())
+        }
+    }
+}
+
 /// The preimage of a step key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyManifest {

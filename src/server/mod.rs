@@ -151,6 +151,15 @@ fn artifact_headers(meta: &Meta) -> Vec<(&'static str, HeaderValue)> {
     h
 }
 
+/// A 200 answer for an artifact: its body (empty for HEAD) and the v8 headers.
+fn artifact_response(meta: &Meta, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    for (k, v) in artifact_headers(meta) {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
 fn touch(st: &AppState, ns: &str, hash: &str) {
     let mut lru = st.lru.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(e) = lru.items.get_mut(&(ns.to_string(), hash.to_string())) {
@@ -192,11 +201,7 @@ async fn get_artifact(
                 Err(e) => return error(StatusCode::BAD_GATEWAY, "storage", &format!("object store: {e}")),
             }
         };
-        let mut resp = Response::new(body);
-        for (k, v) in artifact_headers(&meta) {
-            resp.headers_mut().insert(k, v);
-        }
-        return resp;
+        return artifact_response(&meta, body);
     }
     let (body_path, meta_path) = paths(&st, &ns, &hash);
     let Some(meta) = read_meta(&meta_path) else {
@@ -207,15 +212,12 @@ async fn get_artifact(
         Err(_) => return error(StatusCode::NOT_FOUND, "not_found", "no such artifact"),
     };
     touch(&st, &ns, &hash);
-    let mut resp = if method == Method::HEAD {
-        Response::new(Body::empty())
+    let body = if method == Method::HEAD {
+        Body::empty()
     } else {
-        Response::new(Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10)))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10))
     };
-    for (k, v) in artifact_headers(&meta) {
-        resp.headers_mut().insert(k, v);
-    }
-    resp
+    artifact_response(&meta, body)
 }
 
 async fn put_artifact(
