@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE region_state (env TEXT NOT NULL, region TEXT NOT NULL, release TEXT NOT NULL, at INTEGER NOT NULL,
         PRIMARY KEY (env, region));
     CREATE TABLE audit (at INTEGER NOT NULL, env TEXT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);",
+    // 7: scan journals (what the last walk saw, per set of walk rules), for the no-op fast path.
+    "CREATE TABLE scan_journals (sig TEXT PRIMARY KEY, data BLOB NOT NULL, at INTEGER NOT NULL);",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
@@ -291,6 +293,18 @@ impl Index {
         Ok(())
     }
 
+    /// Mark many entries used, in one transaction (a run's hits).
+    pub fn touch_many(&mut self, keys: &[&str], now: i64) -> Result<(), IndexError> {
+        let tx = self.conn.transaction().map_err(ctx("touch"))?;
+        {
+            let mut st = tx.prepare_cached("UPDATE entries SET last_used = ?2 WHERE key = ?1").map_err(ctx("touch"))?;
+            for k in keys {
+                st.execute(params![k, now]).map_err(ctx("touch"))?;
+            }
+        }
+        tx.commit().map_err(ctx("touch"))
+    }
+
     pub fn touch(&self, key: &str, now: i64) -> Result<(), IndexError> {
         self.conn
             .execute("UPDATE entries SET last_used = ?2 WHERE key = ?1", params![key, now])
@@ -351,6 +365,27 @@ impl Index {
             .optional()
             .map_err(ctx("stat cache"))?;
         Ok(data.map(|d| decode_stat_cache(&d)).unwrap_or_default())
+    }
+
+    pub fn load_journal(&self, sig: &str) -> Result<Option<Vec<u8>>, IndexError> {
+        self.conn
+            .query_row("SELECT data FROM scan_journals WHERE sig = ?1", [sig], |r| r.get(0))
+            .optional()
+            .map_err(ctx("scan journal"))
+    }
+
+    /// Keep the journal of `sig`; journals of walk rules unused for 30 days are dropped.
+    pub fn save_journal(&self, sig: &str, data: &[u8], now_ms: i64) -> Result<(), IndexError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO scan_journals (sig, data, at) VALUES (?1, ?2, ?3)",
+                params![sig, data, now_ms],
+            )
+            .map_err(ctx("scan journal"))?;
+        self.conn
+            .execute("DELETE FROM scan_journals WHERE at < ?1", [now_ms - 30 * 86_400_000])
+            .map_err(ctx("scan journal"))?;
+        Ok(())
     }
 
     /// Merge `rows` into the stat cache of `root`.

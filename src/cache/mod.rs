@@ -48,7 +48,9 @@ pub struct Entry {
     pub step: String,
     pub blob: String,
     pub outputs_digest: String,
-    pub manifest: Option<KeyManifest>,
+    /// The key manifest as stored (JSON); parsed on demand by [`Entry::manifest`], since a hit
+    /// never needs it and parsing one with hundreds of inputs costs more than the lookup.
+    pub manifest_json: String,
     pub duration_ms: u64,
     pub blob_size: u64,
     pub created_at: i64,
@@ -61,7 +63,7 @@ pub struct Entry {
 impl From<Row> for Entry {
     fn from(r: Row) -> Entry {
         Entry {
-            manifest: serde_json::from_str(&r.manifest).ok(),
+            manifest_json: r.manifest,
             key: r.key,
             step: r.step,
             blob: r.blob,
@@ -73,6 +75,13 @@ impl From<Row> for Entry {
             pinned: r.pinned,
             log_bytes: r.log_bytes,
         }
+    }
+}
+
+impl Entry {
+    /// The stored key manifest, if it parses (entries from older key schemas may not).
+    pub fn manifest(&self) -> Option<KeyManifest> {
+        serde_json::from_str(&self.manifest_json).ok()
     }
 }
 
@@ -143,14 +152,23 @@ impl Store {
         self.dir.join("blobs").join(shard).join(format!("{digest}.tar.zst"))
     }
 
-    pub fn lookup(&self, step: &str, manifest: KeyManifest) -> Result<Lookup, StoreError> {
-        let key = manifest.key();
-        let idx = self.index();
-        if let Some(row) = idx.get(&key)? {
-            return Ok(Lookup::Hit(row.into()));
+    /// Look `key` (the key of `manifest`, computed once by the caller) up. The manifest is
+    /// copied into the pending entry only on a miss.
+    pub fn lookup(&self, step: &str, key: &str, manifest: &KeyManifest) -> Result<Lookup, StoreError> {
+        let (row, evicted) = {
+            let idx = self.index();
+            match idx.get(key)? {
+                Some(row) => (Some(row), None),
+                None => (None, idx.eviction(key)?),
+            }
+        };
+        match row {
+            Some(row) => Ok(Lookup::Hit(row.into())),
+            None => Ok(Lookup::Miss(
+                Pending { key: key.to_string(), step: step.to_string(), manifest: manifest.clone() },
+                evicted,
+            )),
         }
-        let evicted = idx.eviction(&key)?;
-        Ok(Lookup::Miss(Pending { key, step: step.to_string(), manifest }, evicted))
     }
 
     /// A pending entry for a key that is stored already but is re-run on request (`--force`);
@@ -251,6 +269,15 @@ impl Store {
         }
     }
 
+    /// Mark entries used by this run (hits whose outputs were already in place are never
+    /// restored, but they are used all the same: LRU eviction must not pick them first).
+    pub fn touch_many(&self, keys: &[&str]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        Ok(self.index().touch_many(keys, now_ms())?)
+    }
+
     /// Remove an entry (and its blob when no other entry uses it).
     pub fn drop_entry(&self, key: &str, why: &str) -> Result<(), StoreError> {
         let idx = self.index();
@@ -282,6 +309,16 @@ impl Store {
         rows: &[(String, StatEntry)],
     ) -> Result<(), StoreError> {
         Ok(self.index().save_stat_cache(root, base, rows)?)
+    }
+
+    /// The scan journal recorded for walk rules `sig`, if any and readable.
+    pub fn load_journal(&self, sig: &str) -> Option<crate::inputs::journal::Journal> {
+        let data = self.index().load_journal(sig).ok()??;
+        crate::inputs::journal::Journal::decode(&data)
+    }
+
+    pub fn save_journal(&self, sig: &str, journal: &crate::inputs::journal::Journal) -> Result<(), StoreError> {
+        Ok(self.index().save_journal(sig, &journal.encode(), now_ms())?)
     }
 
     /// Keep a lock file's content by digest (for structural diffs in `cairn why`).

@@ -77,7 +77,7 @@ pub fn predict_with_remote(
                 out.insert(i, StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None });
                 continue;
             }
-            let state = match store.lookup(&n.name, manifest.clone()) {
+            let state = match store.lookup(&n.name, &key, &manifest) {
                 Ok(Lookup::Hit(e)) => {
                     let c = Upstream::of(!n.step.outputs.is_empty(), &key, &e.outputs_digest);
                     StepState { key: Some(key), hit: true, remote: false, reasons: vec![], contribution: Some(c) }

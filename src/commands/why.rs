@@ -45,7 +45,7 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
                 state.reasons.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ")
             ));
         }
-        match previous.as_ref().and_then(|e| e.manifest.clone().map(|m| (e, m))) {
+        match previous.as_ref().and_then(|e| e.manifest().map(|m| (e, m))) {
             None => {
                 text.push("no earlier entry of this step in the store: nothing to compare with".into());
                 reasons.push(json!({"code": "no-entry", "detail": DirtyReason::NoEntry.describe()}));

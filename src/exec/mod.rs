@@ -236,13 +236,37 @@ pub fn prepare(
             }
         }
     }
-    let root_key = root.display().to_string();
+    let sig = inputs::journal::signature(&walk, &step_in);
     let t = Instant::now();
-    let cache = store.load_stat_cache(&root_key)?;
-    timing("load stat cache", t);
-    let t = Instant::now();
-    let snap = inputs::scan(&walk, &step_in, &cache)?;
-    timing("walk and hash inputs", t);
+    let replayed = if std::env::var_os("CAIRN_NO_SCAN_JOURNAL").is_some() {
+        Err("turned off by CAIRN_NO_SCAN_JOURNAL".to_string())
+    } else {
+        match store.load_journal(&sig) {
+            Some(j) => j.replay(&walk, step_in.len()),
+            None => Err("no journal for these walk rules yet".to_string()),
+        }
+    };
+    timing("replay scan journal", t);
+    if let (Err(why), true) = (&replayed, std::env::var_os("CAIRN_TIMINGS").is_some()) {
+        eprintln!("cairn timing: walking the tree: {why}");
+    }
+    let replayed = replayed.ok();
+    let mut snap = match replayed {
+        Some(snap) => snap,
+        None => {
+            let root_key = root.display().to_string();
+            let t = Instant::now();
+            let cache = store.load_stat_cache(&root_key)?;
+            timing("load stat cache", t);
+            let t = Instant::now();
+            let snap = inputs::scan(&walk, &step_in, &cache)?;
+            timing("walk and hash inputs", t);
+            let t = Instant::now();
+            store.save_stat_cache(&root_key, cache, &snap.updates)?;
+            timing("save stat cache", t);
+            snap
+        }
+    };
     if std::env::var_os("CAIRN_TIMINGS").is_some() {
         eprintln!(
             "cairn timing: {} files, {} hashed ({} bytes), {} from the stat cache",
@@ -252,9 +276,13 @@ pub fn prepare(
             eprintln!("cairn timing: hashed {p}");
         }
     }
-    let t = Instant::now();
-    store.save_stat_cache(&root_key, cache, &snap.updates)?;
-    timing("save stat cache", t);
+    if let Some(j) = snap.journal.take() {
+        let t = Instant::now();
+        if let Err(e) = store.save_journal(&sig, &j) {
+            eprintln!("cairn: warning: could not save the scan journal (the next run walks the tree): {e}");
+        }
+        timing("save scan journal", t);
+    }
 
     let mut manifests = BTreeMap::new();
     let mut inputs_by_node = BTreeMap::new();
@@ -288,7 +316,7 @@ pub fn prepare(
                 toolchains: n.step.toolchains.iter().map(|t| (t.clone(), toolchains[t].clone())).collect(),
                 services,
                 platform: platform(),
-                inputs: snap.per_step[k].clone(),
+                inputs: std::mem::take(&mut snap.per_step[k]),
                 upstream: BTreeMap::new(),
                 outputs,
             },
@@ -552,7 +580,12 @@ impl Build<'_> {
                 blank_report(&g.nodes[i].name, Status::Cancelled, why.into(), t0)
             });
         }
-        let steps = self.selected.iter().map(|i| done.remove(i).expect("every step has a report")).collect();
+        let steps: Vec<StepReport> =
+            self.selected.iter().map(|i| done.remove(i).expect("every step has a report")).collect();
+        let hits: Vec<&str> = steps.iter().filter(|r| r.status.is_hit()).filter_map(|r| r.key.as_deref()).collect();
+        if let Err(e) = self.store.touch_many(&hits) {
+            self.console.note(&format!("warning: could not mark this run's hits as used: {e}"));
+        }
         BuildOutcome { steps, wall_ms: t0.elapsed().as_millis() as u64, interrupted, scan: prepared.scan }
     }
 }
@@ -608,7 +641,7 @@ impl Job<'_> {
             report.reasons.push(DirtyReason::NotCacheable);
         } else {
             let t = Instant::now();
-            let lookup = b.store.lookup(&node.name, self.manifest.clone());
+            let lookup = b.store.lookup(&node.name, &key, &self.manifest);
             phase(1, t);
             match lookup {
                 Err(e) => {
@@ -623,7 +656,7 @@ impl Job<'_> {
                             report.reasons.push(DirtyReason::Corrupt { detail: e.clone() });
                             b.console
                                 .note(&format!("warning: {}: stored entry unusable, running again: {e}", node.name));
-                            match b.store.lookup(&node.name, self.manifest.clone()) {
+                            match b.store.lookup(&node.name, &key, &self.manifest) {
                                 Ok(Lookup::Miss(p, _)) => pending = Some(p),
                                 _ => report.warnings.push("could not re-open the entry after dropping it".into()),
                             }
@@ -808,7 +841,9 @@ impl Job<'_> {
             has_outputs && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
         phase(2, t);
         let t = Instant::now();
-        let restored = if in_place {
+        // Nothing to put in place (outputs already there, or none declared): replay the logs
+        // alone, without unpacking into a staging directory in the worktree.
+        let restored = if in_place || !has_outputs {
             b.store.read_logs(entry).map(|(stdout, stderr)| crate::cache::Restored {
                 unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
                 bytes: 0,
@@ -881,7 +916,7 @@ impl Job<'_> {
             Err(e) => {
                 let _ = std::fs::remove_file(&fetched.body);
                 report.reasons.push(DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") });
-                return match b.store.lookup(&node.name, self.manifest.clone()) {
+                return match b.store.lookup(&node.name, key, &self.manifest) {
                     Ok(Lookup::Miss(p, _)) => Some(p),
                     _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
                 };
@@ -894,7 +929,7 @@ impl Job<'_> {
             }
             Err(e) => {
                 report.reasons.push(DirtyReason::Corrupt { detail: e });
-                match b.store.lookup(&node.name, self.manifest.clone()) {
+                match b.store.lookup(&node.name, key, &self.manifest) {
                     Ok(Lookup::Miss(p, _)) => Some(p),
                     _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
                 }
@@ -931,7 +966,7 @@ pub fn miss_reasons(
 /// Why a key missed: compare with the newest entry of the same step.
 pub fn why_missed(store: &Store, step: &str, key: &str, manifest: &KeyManifest) -> Vec<DirtyReason> {
     match store.latest_for_step(step, key) {
-        Ok(Some(prev)) => match prev.manifest {
+        Ok(Some(prev)) => match prev.manifest() {
             Some(old) => {
                 let d = diff(&old, manifest);
                 if d.is_empty() {

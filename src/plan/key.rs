@@ -104,7 +104,21 @@ impl KeyManifest {
 
     /// The step key: blake3 of the canonical encoding, hex.
     pub fn key(&self) -> String {
-        blake3::hash(self.canonical().as_bytes()).to_hex().to_string()
+        // Streamed into the hasher: the same bytes as `canonical()`, without building them.
+        struct Sink(blake3::Hasher);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.update(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut sink = std::io::BufWriter::with_capacity(16 * 1024, Sink(blake3::Hasher::new()));
+        serde_json::to_writer(&mut sink, self).expect("a manifest always serialises");
+        let sink = sink.into_inner().unwrap_or_else(|_| unreachable!("the sink never fails"));
+        sink.0.finalize().to_hex().to_string()
     }
 }
 
@@ -338,6 +352,9 @@ mod tests {
         let base = manifest();
         assert_eq!(base.key(), manifest().key(), "same manifest, same key");
         assert_eq!(base.key().len(), 64);
+        // The streamed key is the digest of the stored canonical manifest (entries are checked
+        // against it when fetched from a remote).
+        assert_eq!(base.key(), blake3::hash(base.canonical().as_bytes()).to_hex().to_string());
         let mut variants: Vec<KeyManifest> = Vec::new();
         let mut m = manifest();
         m.command.push(' ');

@@ -48,6 +48,10 @@ pub struct Totals {
     pub bytes_stored: u64,
     pub files_hashed: u64,
     pub files_from_stat_cache: u64,
+    /// How the inputs were read: `journal` (the last walk replayed: stats only) or `walk`.
+    /// Added within schema 1; older summaries read as "".
+    #[serde(default)]
+    pub inputs_scan: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +151,7 @@ pub fn summarize(id: &str, pipeline: &str, started_at_ms: i64, outcome: &BuildOu
         bytes_stored: steps.iter().map(|s| s.bytes_stored).sum(),
         files_hashed: outcome.scan.hashed,
         files_from_stat_cache: outcome.scan.reused,
+        inputs_scan: if outcome.scan.replayed { "journal" } else { "walk" }.into(),
     };
     let result = if outcome.interrupted {
         "interrupted"

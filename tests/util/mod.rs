@@ -78,9 +78,14 @@ impl Project {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+
+    /// Run with extra environment variables for this call only.
+    pub fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(cairn_bin());
         cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env_remove("CAIRN_CACHE_DIR");
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(extra.iter().copied()) {
             cmd.env(k, v);
         }
         to_run(cmd.output().expect("run cairn"))

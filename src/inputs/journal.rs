@@ -1,0 +1,576 @@
+//! The scan journal: what the last walk saw, so a no-op run can skip the walk.
+//!
+//! # Design
+//! A walk costs a `readdir` per directory, `.gitignore` matching and a glob match per entry;
+//! on a 20,000-file tree that is most of a no-op build. The journal records, per set of walk
+//! rules (its [`signature`]: root, globs, prune list, ignore switch), the directories the walk
+//! entered with their mtime and inode, every matched file with its stat and digest, and the
+//! ignore files that shaped the walk (inside the root, and `.gitignore`, `.ignore` and
+//! `.git/info/exclude` above it).
+//!
+//! Replaying it is one `stat` per directory and one `fstatat` per file, in parallel, with no
+//! `readdir` and no matching, the way git's untracked cache and index work:
+//! - A directory's mtime changes whenever an entry is created, removed or renamed in it, so
+//!   an unchanged directory still holds the same names, and the same rules pick the same
+//!   files. A changed, racy (modified within [`super::RACY_WINDOW`] of the recording) or
+//!   vanished directory, or any changed ignore file, sends the run back to the full walk.
+//! - A file whose stat is unchanged and not racy keeps its digest; one that changed in place
+//!   is hashed again, alone. That is also the "one file edited" case, which then skips the
+//!   walk too.
+//!
+//! Filesystems whose directory mtimes cannot be trusted (some network mounts) can turn the
+//! journal off with `CAIRN_NO_SCAN_JOURNAL=1`; git's `core.untrackedCache` has the same caveat.
+
+use super::{hash_file, now_ns, FileDigest, ScanStats, Snapshot, StatEntry, WalkOptions, RACY_WINDOW};
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"CJ1\0";
+
+/// A directory the walk entered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRec {
+    /// Relative to the root; "" for the root itself.
+    pub rel: String,
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+/// A file the walk kept: an input of some steps, or an ignore file (a guard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileRec {
+    dir: u32,
+    name: String,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    recorded_ns: i64,
+    exec: bool,
+    /// An ignore file: any change sends the run to the full walk.
+    guard: bool,
+    digest: [u8; 32],
+    owners: Vec<u32>,
+}
+
+/// `(size, mtime, ctime, ino)` of a path outside the walk, or `None` when it did not exist.
+type Probe = Option<(u64, i64, i64, u64)>;
+
+/// What one walk saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journal {
+    /// When the walk started (ns since the epoch): directories modified less than the racy
+    /// window before it are not trusted.
+    recorded_ns: i64,
+    outside: Vec<(PathBuf, Probe)>,
+    dirs: Vec<DirRec>,
+    files: Vec<FileRec>,
+}
+
+/// The walk rules a journal is valid for.
+pub fn signature(opts: &WalkOptions, steps: &[super::StepInputs]) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut put = |s: &[u8]| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    put(b"cairn scan journal 1");
+    put(opts.root.as_os_str().as_encoded_bytes());
+    put(&[u8::from(opts.gitignore)]);
+    for p in &opts.prune {
+        put(p.as_bytes());
+    }
+    put(b"--");
+    for p in &opts.prune_abs {
+        put(p.as_os_str().as_encoded_bytes());
+    }
+    for s in steps {
+        put(b"step");
+        for g in &s.include {
+            put(g.as_bytes());
+        }
+        put(b"exclude");
+        for g in &s.exclude {
+            put(g.as_bytes());
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn probe(path: &Path) -> Probe {
+    std::fs::symlink_metadata(path).ok().map(|m| {
+        (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ctime() * 1_000_000_000 + m.ctime_nsec(), m.ino())
+    })
+}
+
+/// Ignore files outside the walk that can change what it keeps.
+fn outside_paths(opts: &WalkOptions) -> Vec<PathBuf> {
+    if !opts.gitignore {
+        return Vec::new();
+    }
+    let mut out = vec![opts.root.join(".git/info/exclude")];
+    for a in opts.root.ancestors().skip(1) {
+        out.extend([a.join(".gitignore"), a.join(".ignore"), a.join(".git/info/exclude")]);
+    }
+    out
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let v = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = v(b[2 * i])? << 4 | v(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+fn hex(d: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for byte in d {
+        s.push(HEX[(byte >> 4) as usize] as char);
+        s.push(HEX[(byte & 15) as usize] as char);
+    }
+    s
+}
+
+fn split(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
+fn is_guard(name: &str) -> bool {
+    name == ".gitignore" || name == ".ignore"
+}
+
+impl Journal {
+    /// Record a walk. `files` are the matched inputs (path, stat with digest, owning steps),
+    /// `guards` the ignore files no step reads. `None` if the walk's pieces do not fit
+    /// together (a file outside every entered directory): then there is no fast path.
+    pub fn new(
+        opts: &WalkOptions,
+        recorded_ns: i64,
+        mut dirs: Vec<DirRec>,
+        files: Vec<(String, StatEntry, Vec<usize>)>,
+        guards: Vec<(String, StatEntry)>,
+    ) -> Option<Journal> {
+        dirs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let index: HashMap<&str, u32> = dirs.iter().enumerate().map(|(i, d)| (d.rel.as_str(), i as u32)).collect();
+        let mut recs = Vec::with_capacity(files.len() + guards.len());
+        let with_owners = files.into_iter().map(|(r, s, o)| (r, s, o, true));
+        for (rel, st, owners, matched) in with_owners.chain(guards.into_iter().map(|(r, s)| (r, s, vec![], false))) {
+            let (dir, name) = split(&rel);
+            let digest = if matched { unhex(&st.digest)? } else { [0; 32] };
+            recs.push(FileRec {
+                dir: *index.get(dir)?,
+                name: name.to_string(),
+                size: st.size,
+                mtime_ns: st.mtime_ns,
+                ctime_ns: st.ctime_ns,
+                ino: st.ino,
+                recorded_ns: st.recorded_ns,
+                exec: st.exec,
+                guard: is_guard(name),
+                digest,
+                owners: owners.into_iter().map(|o| o as u32).collect(),
+            });
+        }
+        recs.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
+        let outside = outside_paths(opts).into_iter().map(|p| (p.clone(), probe(&p))).collect();
+        Some(Journal { recorded_ns, outside, dirs, files: recs })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.files.len() * 96);
+        out.extend_from_slice(MAGIC);
+        let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        };
+        out.extend_from_slice(&self.recorded_ns.to_le_bytes());
+        out.extend_from_slice(&(self.outside.len() as u32).to_le_bytes());
+        for (p, pr) in &self.outside {
+            bytes(&mut out, p.as_os_str().as_encoded_bytes());
+            let (present, (a, b, c, d)) = match pr {
+                Some(v) => (1u8, *v),
+                None => (0u8, (0, 0, 0, 0)),
+            };
+            out.push(present);
+            for v in [a, b as u64, c as u64, d] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&(self.dirs.len() as u32).to_le_bytes());
+        for d in &self.dirs {
+            bytes(&mut out, d.rel.as_bytes());
+            out.extend_from_slice(&d.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&d.ino.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
+        for f in &self.files {
+            out.extend_from_slice(&f.dir.to_le_bytes());
+            bytes(&mut out, f.name.as_bytes());
+            for v in [f.size, f.mtime_ns as u64, f.ctime_ns as u64, f.ino, f.recorded_ns as u64] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.push(u8::from(f.exec) | u8::from(f.guard) << 1);
+            out.extend_from_slice(&f.digest);
+            out.extend_from_slice(&(f.owners.len() as u32).to_le_bytes());
+            for o in &f.owners {
+                out.extend_from_slice(&o.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// `None` for anything but a well-formed journal of this version (then: full walk).
+    pub fn decode(data: &[u8]) -> Option<Journal> {
+        let mut r = Reader { data, at: 0 };
+        if r.take(4)? != MAGIC {
+            return None;
+        }
+        let recorded_ns = r.u64()? as i64;
+        let mut outside = Vec::new();
+        for _ in 0..r.u32()? {
+            let p = PathBuf::from(std::str::from_utf8(r.bytes()?).ok()?);
+            let present = r.take(1)?[0] == 1;
+            let (a, b, c, d) = (r.u64()?, r.u64()? as i64, r.u64()? as i64, r.u64()?);
+            outside.push((p, present.then_some((a, b, c, d))));
+        }
+        let n = r.u32()? as usize;
+        let mut dirs = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let rel = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            dirs.push(DirRec { rel, mtime_ns: r.u64()? as i64, ino: r.u64()? });
+        }
+        let n = r.u32()? as usize;
+        let mut files = Vec::with_capacity(n.min(1 << 22));
+        for _ in 0..n {
+            let dir = r.u32()?;
+            if dir as usize >= dirs.len() {
+                return None;
+            }
+            let name = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            let (size, mtime_ns, ctime_ns, ino, recorded_ns) =
+                (r.u64()?, r.u64()? as i64, r.u64()? as i64, r.u64()?, r.u64()? as i64);
+            let flags = r.take(1)?[0];
+            let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
+            let mut owners = Vec::new();
+            for _ in 0..r.u32()? {
+                owners.push(r.u32()?);
+            }
+            files.push(FileRec {
+                dir,
+                name,
+                size,
+                mtime_ns,
+                ctime_ns,
+                ino,
+                recorded_ns,
+                exec: flags & 1 != 0,
+                guard: flags & 2 != 0,
+                digest,
+                owners,
+            });
+        }
+        (r.at == data.len()).then_some(Journal { recorded_ns, outside, dirs, files })
+    }
+
+    /// Replay the journal against the tree. `Ok(snapshot)` when every directory and ignore
+    /// file is as recorded (files changed in place are hashed again, and the snapshot then
+    /// carries the updated journal); otherwise why only a full walk can tell.
+    pub fn replay(&self, opts: &WalkOptions, steps: usize) -> Result<Snapshot, String> {
+        let racy = RACY_WINDOW.as_nanos() as i64;
+        if self.files.iter().any(|f| f.owners.iter().any(|&o| o as usize >= steps)) {
+            return Err("recorded for other steps".into());
+        }
+        if let Some((p, _)) = self.outside.iter().find(|(p, pr)| probe(p) != *pr) {
+            return Err(format!("{} changed", p.display()));
+        }
+        // Split the directories into contiguous runs of about equal file counts.
+        let threads = opts.threads.clamp(1, 16);
+        let mut starts = vec![0usize; self.dirs.len() + 1];
+        for f in &self.files {
+            starts[f.dir as usize + 1] += 1;
+        }
+        for i in 0..self.dirs.len() {
+            starts[i + 1] += starts[i];
+        }
+        let per = self.files.len().div_ceil(threads).max(1);
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        let mut first = 0;
+        for d in 0..self.dirs.len() {
+            if starts[d + 1] - starts[first] >= per || d + 1 == self.dirs.len() {
+                chunks.push((first, d + 1));
+                first = d + 1;
+            }
+        }
+        let started_ns = now_ns();
+        let results: Vec<Result<Vec<(usize, StatEntry)>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|&(a, b)| {
+                    let starts = &starts;
+                    s.spawn(move || self.replay_dirs(opts, a, b, starts, racy, started_ns))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a stat thread panicked".into()))).collect()
+        });
+        let mut changed: BTreeMap<usize, StatEntry> = BTreeMap::new();
+        for r in results {
+            changed.extend(r?);
+        }
+
+        let mut snapshot = Snapshot { per_step: vec![BTreeMap::new(); steps], ..Default::default() };
+        let mut stats = ScanStats { replayed: true, ..Default::default() };
+        let mut updated = (!changed.is_empty()).then(|| self.clone());
+        for (i, f) in self.files.iter().enumerate() {
+            if f.owners.is_empty() {
+                continue;
+            }
+            let dir = &self.dirs[f.dir as usize].rel;
+            let rel = if dir.is_empty() { f.name.clone() } else { format!("{dir}/{}", f.name) };
+            let (digest, exec) = match changed.get(&i) {
+                Some(st) => {
+                    stats.hashed += 1;
+                    stats.bytes_hashed += st.size;
+                    let u = &mut updated.as_mut().expect("set when something changed").files[i];
+                    (u.size, u.mtime_ns, u.ctime_ns, u.ino, u.exec) =
+                        (st.size, st.mtime_ns, st.ctime_ns, st.ino, st.exec);
+                    u.recorded_ns = st.recorded_ns;
+                    u.digest = unhex(&st.digest).ok_or("bad digest")?;
+                    snapshot.updates.push((rel.clone(), st.clone()));
+                    (st.digest.clone(), st.exec)
+                }
+                None => {
+                    stats.reused += 1;
+                    (hex(&f.digest), f.exec)
+                }
+            };
+            stats.files += 1;
+            let (last, rest) = f.owners.split_last().expect("not empty");
+            for &o in rest {
+                snapshot.per_step[o as usize].insert(rel.clone(), FileDigest { digest: digest.clone(), exec });
+            }
+            snapshot.per_step[*last as usize].insert(rel, FileDigest { digest, exec });
+        }
+        snapshot.stats = stats;
+        snapshot.journal = updated;
+        Ok(snapshot)
+    }
+
+    /// Check directories `a..b` and their files; the files that changed in place, re-hashed.
+    fn replay_dirs(
+        &self,
+        opts: &WalkOptions,
+        a: usize,
+        b: usize,
+        starts: &[usize],
+        racy: i64,
+        started_ns: i64,
+    ) -> Result<Vec<(usize, StatEntry)>, String> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        let mut changed = Vec::new();
+        for d in a..b {
+            let rec = &self.dirs[d];
+            let path = if rec.rel.is_empty() { opts.root.clone() } else { opts.root.join(&rec.rel) };
+            let name = if rec.rel.is_empty() { "the project root".to_string() } else { format!("{}/", rec.rel) };
+            let gone = |e: rustix::io::Errno| format!("{name}: {e}");
+            let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(gone)?;
+            let st = rustix::fs::fstat(&fd).map_err(gone)?;
+            let (_, mtime, _, ino) = super::stat_fields(&st);
+            if mtime != rec.mtime_ns || ino != rec.ino {
+                return Err(format!("{name} changed (an entry was added, removed or renamed)"));
+            }
+            if mtime + racy > self.recorded_ns {
+                return Err(format!("{name} was modified just before it was recorded"));
+            }
+            for i in starts[d]..starts[d + 1] {
+                let f = &self.files[i];
+                let rel = || if rec.rel.is_empty() { f.name.clone() } else { format!("{}/{}", rec.rel, f.name) };
+                let st = rustix::fs::statat(&fd, f.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| format!("{}: {e}", rel()))?;
+                let kind = FileType::from_raw_mode(st.st_mode);
+                if !matches!(kind, FileType::RegularFile | FileType::Symlink) {
+                    return Err(format!("{} is no longer a file", rel()));
+                }
+                let (size, mtime_ns, ctime_ns, ino) = super::stat_fields(&st);
+                let exec = kind == FileType::RegularFile && st.st_mode & 0o111 != 0;
+                if size == f.size
+                    && mtime_ns == f.mtime_ns
+                    && ctime_ns == f.ctime_ns
+                    && ino == f.ino
+                    && exec == f.exec
+                    && mtime_ns + racy <= f.recorded_ns
+                {
+                    continue;
+                }
+                if f.guard {
+                    return Err(format!("ignore file {} changed", rel()));
+                }
+                let full = path.join(&f.name);
+                let meta = std::fs::symlink_metadata(&full).map_err(|e| format!("{}: {e}", rel()))?;
+                let (digest, _) = hash_file(&full, &meta).map_err(|e| format!("{}: {e}", rel()))?;
+                changed.push((
+                    i,
+                    StatEntry {
+                        size: meta.len(),
+                        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+                        ino: meta.ino(),
+                        exec: !meta.file_type().is_symlink() && meta.mode() & 0o111 != 0,
+                        digest,
+                        recorded_ns: started_ns,
+                    },
+                ));
+            }
+        }
+        Ok(changed)
+    }
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.data.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{scan, StepInputs};
+    use super::*;
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    fn opts(root: &Path) -> WalkOptions {
+        WalkOptions { root: root.into(), gitignore: true, prune: vec!["out".into()], prune_abs: vec![], threads: 2 }
+    }
+
+    fn steps() -> Vec<StepInputs> {
+        vec![
+            StepInputs { include: vec!["src/**".into()], exclude: vec![] },
+            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], exclude: vec![] },
+        ]
+    }
+
+    /// A tree, its first walk, and the journal aged past the racy window (as if recorded
+    /// well after the files were written).
+    fn recorded() -> (tempfile::TempDir, Journal, Snapshot) {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "src/a.rs", "a");
+        write(r, "src/deep/b.rs", "b");
+        write(r, "src/notes.md", "n");
+        write(r, "Cargo.toml", "t");
+        write(r, ".gitignore", "ignored/\n");
+        write(r, "ignored/c.rs", "c");
+        write(r, "out/d.rs", "d");
+        let mut snap = scan(&opts(r), &steps(), &HashMap::new()).unwrap();
+        let j = aged(snap.journal.take().expect("a walk records a journal"));
+        (t, j, snap)
+    }
+
+    fn aged(mut j: Journal) -> Journal {
+        j.recorded_ns += 5_000_000_000;
+        for f in &mut j.files {
+            f.recorded_ns += 5_000_000_000;
+        }
+        j
+    }
+
+    #[test]
+    fn replay_gives_what_the_walk_gave_without_walking() {
+        let (t, j, walked) = recorded();
+        let replayed = j.replay(&opts(t.path()), 2).expect("nothing changed");
+        assert_eq!(replayed.per_step, walked.per_step);
+        assert!(replayed.stats.replayed);
+        assert_eq!((replayed.stats.files, replayed.stats.hashed), (walked.stats.files, 0));
+        assert!(replayed.journal.is_none(), "nothing to save");
+        assert_eq!(replayed.per_step[1].keys().collect::<Vec<_>>(), ["Cargo.toml", "src/a.rs", "src/deep/b.rs"]);
+        assert_eq!(Journal::decode(&j.encode()), Some(j.clone()), "round trip");
+    }
+
+    #[test]
+    fn a_file_edited_in_place_is_hashed_again_alone() {
+        let (t, j, _) = recorded();
+        write(t.path(), "src/deep/b.rs", "changed!");
+        let replayed = j.replay(&opts(t.path()), 2).expect("directories unchanged");
+        assert_eq!(replayed.stats.hashed, 1);
+        let want = blake3::hash(b"changed!").to_hex().to_string();
+        assert_eq!(replayed.per_step[0]["src/deep/b.rs"].digest, want);
+        assert_eq!(replayed.per_step[1]["src/deep/b.rs"].digest, want);
+        let updated = replayed.journal.expect("the journal changed");
+        assert_eq!(updated.files.iter().filter(|f| f.digest == *blake3::hash(b"changed!").as_bytes()).count(), 1);
+    }
+
+    #[test]
+    fn anything_that_can_change_the_file_set_falls_back_to_the_walk() {
+        type Change = fn(&Path);
+        let changes: [(&str, Change); 6] = [
+            ("a new file", |r| write(r, "src/deep/new.rs", "x")),
+            ("a removed file", |r| std::fs::remove_file(r.join("src/a.rs")).unwrap()),
+            ("a removed directory", |r| std::fs::remove_dir_all(r.join("src/deep")).unwrap()),
+            ("an edited .gitignore", |r| write(r, ".gitignore", "ignored/\nsrc/a.rs\n")),
+            ("a file replaced by a directory", |r| {
+                std::fs::remove_file(r.join("Cargo.toml")).unwrap();
+                std::fs::create_dir(r.join("Cargo.toml")).unwrap();
+            }),
+            ("a .gitignore above the root", |r| write(r.parent().unwrap(), ".gitignore", "*.rs\n")),
+        ];
+        for (what, change) in changes {
+            let parent = tempfile::tempdir().unwrap();
+            let root = parent.path().join("root");
+            let (t, j, _) = recorded();
+            std::fs::rename(t.path(), &root).unwrap();
+            // Moving the tree keeps inodes and mtimes: record it again in its new place.
+            let mut snap = scan(&opts(&root), &steps(), &HashMap::new()).unwrap();
+            let j2 = aged(snap.journal.take().unwrap());
+            assert!(j2.replay(&opts(&root), 2).is_ok(), "{what}: unchanged tree replays");
+            change(&root);
+            assert!(j2.replay(&opts(&root), 2).is_err(), "{what}: must fall back to the walk");
+            drop(j);
+        }
+    }
+
+    #[test]
+    fn recent_directories_and_foreign_journals_are_not_trusted() {
+        let (t, mut j, _) = recorded();
+        assert!(j.replay(&opts(t.path()), 1).is_err(), "owners beyond the step list");
+        j.recorded_ns -= 5_000_000_000; // recorded within the racy window of the directories
+        assert!(j.replay(&opts(t.path()), 2).is_err());
+        assert!(Journal::decode(b"CJ1\0garbage").is_none());
+        let mut bytes = j.encode();
+        bytes.pop();
+        assert!(Journal::decode(&bytes).is_none(), "truncated");
+    }
+}
