@@ -81,6 +81,10 @@ pub struct DeployCli {
     /// Deploy although a window is closed or a freeze is on; the reason is recorded.
     #[arg(long, value_name = "REASON")]
     pub break_glass: Option<String>,
+    /// A signed approval (from `cairn approve --sign`), for CI: verified against the
+    /// environment's `approval.keys` and recorded before the gates are checked.
+    #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
+    pub approval: Option<String>,
 }
 
 /// What `cairn deploy` was asked to do.
@@ -97,6 +101,7 @@ pub struct DeployArgs {
     pub store: StoreArg,
     pub branch: Option<String>,
     pub break_glass: Option<String>,
+    pub approval: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +122,10 @@ pub struct ApproveArgs {
     /// How long the approval is valid (default: the environment's `approval.expires`, else 24h).
     #[arg(long)]
     pub expires: Option<String>,
+    /// Sign the approval with this private key (`cairn keys generate NAME`, NAME being the
+    /// reviewer) and print it as a token for CI (`cairn deploy --approval TOKEN`).
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +176,9 @@ pub struct RunArgs {
     pub branch: Option<String>,
     #[arg(long, value_name = "REASON")]
     pub break_glass: Option<String>,
+    /// A signed approval (see `cairn deploy --approval`).
+    #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
+    pub approval: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

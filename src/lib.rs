@@ -73,6 +73,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
                 store: d.store.clone(),
                 branch: d.branch.clone(),
                 break_glass: d.break_glass.clone(),
+                approval: d.approval.clone(),
             };
             let cmd = match (d.target.as_str(), d.env.clone()) {
                 ("resume", Some(env)) => cli::DeployCommand::Resume(args(env)),

@@ -89,6 +89,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE audit (at INTEGER NOT NULL, env TEXT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);",
     // 7: scan journals (what the last walk saw, per set of walk rules), for the no-op fast path.
     "CREATE TABLE scan_journals (sig TEXT PRIMARY KEY, data BLOB NOT NULL, at INTEGER NOT NULL);",
+    // 8: signed approvals keep their token, verified again whenever a gate is checked.
+    "ALTER TABLE approvals ADD COLUMN token TEXT NOT NULL DEFAULT '';",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {

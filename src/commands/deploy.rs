@@ -206,6 +206,10 @@ pub fn start(a: &DeployArgs, console: &Console) -> Result<(), Error> {
     let env = pr.p.environments.get(&a.env).expect("checked");
     let who = deploy::actor();
     let now_unix = deploy::now_ms() / 1000;
+    if let Some(token) = &a.approval {
+        let signed = deploy::accept_signed_approval(&pr.store, &a.env, env, token).map_err(de)?;
+        console.note(&format!("cairn: signed approval of release {} by {} accepted", signed.release, signed.approver));
+    }
     let gates = deploy::GateInput {
         env_name: &a.env,
         env,
@@ -329,11 +333,50 @@ pub fn approve(a: &crate::cli::ApproveArgs) -> Result<(), Error> {
         None => gate.expires.map(|d| d.0).unwrap_or(std::time::Duration::from_secs(24 * 3600)),
     };
     let now = deploy::now_ms();
+    let comment = a.comment.clone().unwrap_or_default();
+    if let Some(keyfile) = &a.sign {
+        let text = std::fs::read_to_string(keyfile)
+            .map_err(|e| Error::Usage(format!("error: cannot read the signing key {}: {e}", keyfile.display())))?;
+        let secret = crate::keys::Secret::parse(&text)
+            .map_err(|e| Error::Usage(format!("error: {}: {e}", keyfile.display())))?;
+        if secret.name != a.by {
+            return Err(Error::Usage(format!(
+                "error: the key {} belongs to `{}`, not to {}\n  hint: sign with your own key, or pass --by {}",
+                keyfile.display(),
+                secret.name,
+                a.by,
+                secret.name
+            )));
+        }
+        let approval = deploy::SignedApproval {
+            env: a.env.clone(),
+            release: release.clone(),
+            approver: a.by.clone(),
+            comment,
+            expires_at: now + ttl.as_millis() as i64,
+        };
+        let token = approval.sign(&secret);
+        println!("{token}");
+        eprintln!(
+            "signed approval of release {release} of {} by {} (valid {}); in CI: cairn deploy {} --approval TOKEN (or CAIRN_APPROVAL)",
+            a.env,
+            a.by,
+            crate::model::Dur(ttl),
+            a.env
+        );
+        return Ok(());
+    }
+    if !gate.keys.is_empty() {
+        return Err(Error::GateClosed(format!(
+            "error: `{}` takes only signed approvals\n  hint: cairn approve {} --by {} --sign KEYFILE (a key from `cairn keys generate {}`, whose public half is in approval.keys)",
+            a.env, a.env, a.by, a.by
+        )));
+    }
     pr.store
         .with_index(|i| {
             i.exec(
                 "INSERT INTO approvals (env, release, approver, comment, at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[&a.env, &release, &a.by, &a.comment.clone().unwrap_or_default(), &now, &(now + ttl.as_millis() as i64)],
+                &[&a.env, &release, &a.by, &comment, &now, &(now + ttl.as_millis() as i64)],
             )?;
             i.exec(
                 "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'approve', ?4)",
@@ -505,6 +548,7 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
             store: a.store.clone(),
             branch: a.branch.clone(),
             break_glass: a.break_glass.clone(),
+            approval: a.approval.clone(),
         };
         start(&d, &console)?;
     }

@@ -141,27 +141,116 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
         inputs.insert(k.to_string(), v.to_string());
     }
     let req = TriggerRequest { event: args.event.into(), branch: args.branch.clone(), inputs };
-    let plan = plan_trigger(&p, &g, &req)?;
+    let mut plan = plan_trigger(&p, &g, &req)?;
+    let mut store = None;
     let states = if args.no_cache_state || plan.steps.is_empty() {
         BTreeMap::new()
     } else {
         let root = project_root(&args.pipeline.pipeline);
-        let (store, cache_dir) = open_store(&args.store, &root)?;
+        let (s, cache_dir) = open_store(&args.store, &root)?;
         let remote = super::build::remote_client(&args.remote, &p)?;
-        match crate::exec::prepare(&p, &g, &plan.steps, &root, &store, &cache_dir, 2) {
-            Ok(prepared) => predict_with_remote(&g, &plan.steps, &prepared, &store, remote.as_deref()),
+        let states = match crate::exec::prepare(&p, &g, &plan.steps, &root, &s, &cache_dir, 2) {
+            Ok(prepared) => predict_with_remote(&g, &plan.steps, &prepared, &s, remote.as_deref()),
             Err(e) => {
                 eprintln!("warning: cache state unknown: {e}");
                 BTreeMap::new()
             }
-        }
+        };
+        store = Some(s);
+        states
     };
+    evaluate_gates(&p, &g, &mut plan, &states, store.as_ref(), crate::deploy::now_ms() / 1000);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&plan, &g, &states)).expect("plans serialise"));
     } else {
         print!("{}", to_text(&plan, &g, &states));
     }
     Ok(())
+}
+
+/// Decide what can be decided now: windows and freezes against the clock; the approval
+/// against the store, for the release the current step keys give. A gate stays pending only
+/// while its answer is unknown (a key that depends on a step that has not run yet).
+pub fn evaluate_gates(
+    p: &crate::model::Pipeline,
+    g: &Graph,
+    plan: &mut RunPlan,
+    states: &BTreeMap<usize, StepState>,
+    store: Option<&Store>,
+    now_unix: i64,
+) {
+    use crate::plan::GateStatus;
+    for e in &mut plan.environments {
+        let Some(env) = p.environments.get(&e.name) else { continue };
+        // The release, if every cached step it depends on has a known key.
+        let mut keys = BTreeMap::new();
+        let mut unknown = Vec::new();
+        if let Ok(closure) = g.closure(&e.requires) {
+            for i in closure {
+                let n = &g.nodes[i];
+                if !n.step.cache {
+                    continue;
+                }
+                match states.get(&i).and_then(|s| s.key.clone()) {
+                    Some(k) => {
+                        keys.insert(n.name.clone(), k);
+                    }
+                    None => unknown.push(n.name.clone()),
+                }
+            }
+        }
+        if unknown.is_empty() && store.is_some() {
+            e.release = Some(crate::deploy::release_hash(&e.name, &keys, e));
+        }
+        let (mut windows, mut freezes) = (env.windows.iter(), env.freezes.iter());
+        for gate in &mut e.gates {
+            let (status, now) = match gate.kind {
+                "window" => {
+                    let Some(w) = windows.next() else { continue };
+                    let one = crate::model::Environment { windows: vec![w.clone()], ..env.clone() };
+                    match crate::deploy::window_open(&one, now_unix) {
+                        Ok(Some(false)) => (GateStatus::Closed, "closed now".to_string()),
+                        Ok(_) => (GateStatus::Open, "open now".to_string()),
+                        Err(err) => (GateStatus::Closed, err),
+                    }
+                }
+                "freeze" => {
+                    let Some(f) = freezes.next() else { continue };
+                    let one = crate::model::Environment { windows: vec![], freezes: vec![f.clone()], ..env.clone() };
+                    match crate::deploy::closed_now(&one, now_unix) {
+                        Ok(c) if c.is_empty() => (GateStatus::Open, "not in effect now".to_string()),
+                        Ok(_) => (GateStatus::Closed, "in effect now".to_string()),
+                        Err(err) => (GateStatus::Closed, err),
+                    }
+                }
+                "approval" => match (&e.release, store) {
+                    (Some(release), Some(store)) => {
+                        let actor = crate::deploy::actor();
+                        match crate::deploy::approval_state(store, &e.name, env, release, &actor) {
+                            Ok(Ok(note)) => (GateStatus::Open, format!("release {release}: {note}")),
+                            Ok(Err(why)) => (
+                                GateStatus::Closed,
+                                format!("release {release}: {why} (cairn approve {} --release {release})", e.name),
+                            ),
+                            Err(err) => (GateStatus::Pending, format!("store unreadable: {err}")),
+                        }
+                    }
+                    _ if !unknown.is_empty() => (
+                        GateStatus::Pending,
+                        format!(
+                            "the release is known once {} {} run",
+                            unknown.join(", "),
+                            if unknown.len() == 1 { "has" } else { "have" }
+                        ),
+                    ),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            gate.status = status;
+            gate.detail = format!("{} — {now}", gate.detail);
+        }
+    }
 }
 
 fn state_json(s: Option<&StepState>) -> serde_json::Value {
@@ -240,6 +329,9 @@ pub fn to_text(plan: &RunPlan, g: &Graph, states: &BTreeMap<usize, StepState>) -
     }
     for e in &plan.environments {
         let _ = writeln!(o, "deploy {} ({}), after: {}", e.name, e.strategy, e.requires.join(", "));
+        if let Some(r) = &e.release {
+            let _ = writeln!(o, "  release {r} (from the current step keys)");
+        }
         for gate in &e.gates {
             let status =
                 serde_json::to_value(&gate.status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();

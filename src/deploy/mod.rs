@@ -187,6 +187,147 @@ pub struct GateInput<'a> {
     pub break_glass: Option<&'a str>,
 }
 
+/// The approval gate of `release`: `Ok(Ok(note))` when a valid approval exists (who, and
+/// their comment), `Ok(Err(why))` when none does. No approval configured: always open.
+pub fn approval_state(
+    store: &Store,
+    env_name: &str,
+    env: &Environment,
+    release: &str,
+    actor: &str,
+) -> Result<Result<String, String>, DeployError> {
+    let Some(a) = &env.approval else { return Ok(Ok("no approval required".into())) };
+    let mut rows = store
+        .with_index(|i| {
+            i.rows(
+                "SELECT approver, expires_at, comment, token FROM approvals WHERE env = ?1 AND release = ?2 ORDER BY at DESC",
+                &[&env_name, &release],
+            )
+        })
+        .map_err(|e| DeployError::Store(e.to_string()))?;
+    if !a.keys.is_empty() {
+        // Only approvals whose signature still verifies, for exactly this row, count.
+        let trusted = crate::keys::Trusted::parse(&a.keys).map_err(DeployError::Gate)?;
+        rows.retain(|r| {
+            SignedApproval::verify(&r[3], &trusted).is_ok_and(|s| {
+                s.env == env_name && s.release == release && s.approver == r[0] && s.expires_at.to_string() == r[1]
+            })
+        });
+        if rows.is_empty() {
+            return Ok(Err("no signed approval for this release".to_string()));
+        }
+    }
+    let now = now_ms();
+    let valid = rows.iter().find(|r| {
+        r[1].parse::<i64>().unwrap_or(0) > now
+            && a.reviewers.contains(&r[0])
+            && (a.allow_self_approval || r[0] != actor)
+    });
+    Ok(match valid {
+        Some(r) => Ok(format!("approved by {} ({})", r[0], r[2])),
+        None if rows.is_empty() => Err("no approval for this release".to_string()),
+        None if rows.iter().all(|r| r[1].parse::<i64>().unwrap_or(0) <= now) => {
+            Err("its approval has expired".to_string())
+        }
+        None if rows.iter().any(|r| r[0] == actor) && !a.allow_self_approval => {
+            Err(format!("{actor} may not approve their own deploy"))
+        }
+        None => Err("no approval from a designated reviewer".to_string()),
+    })
+}
+
+/// An approval signed by a reviewer's key, carried to CI as a token:
+/// `cairn-approval-v1.BASE64(JSON).NAME:BASE64(SIGNATURE)`, the signature over the JSON bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedApproval {
+    pub env: String,
+    pub release: String,
+    pub approver: String,
+    pub comment: String,
+    /// ms since the epoch.
+    pub expires_at: i64,
+}
+
+const TOKEN_PREFIX: &str = "cairn-approval-v1.";
+
+impl SignedApproval {
+    pub fn sign(&self, key: &crate::keys::Secret) -> String {
+        let body = serde_json::to_string(self).expect("approvals serialise");
+        format!("{TOKEN_PREFIX}{}.{}", crate::keys::b64(body.as_bytes()), key.sign(body.as_bytes()))
+    }
+
+    /// Parse a token and check its signature against `trusted`; the signer must be the
+    /// approver it names.
+    pub fn verify(token: &str, trusted: &crate::keys::Trusted) -> Result<SignedApproval, String> {
+        let rest = token.trim().strip_prefix(TOKEN_PREFIX).ok_or("not a cairn approval token")?;
+        let (body, sig) = rest.split_once('.').ok_or("malformed approval token")?;
+        let body = crate::keys::unb64(body).ok_or("malformed approval token")?;
+        trusted.verify(Some(sig), &body)?;
+        let a: SignedApproval = serde_json::from_slice(&body).map_err(|_| "malformed approval token")?;
+        let signer = sig.rsplit_once(':').map(|(n, _)| n).unwrap_or_default();
+        if signer != a.approver {
+            return Err(format!("signed by `{signer}` on behalf of `{}`", a.approver));
+        }
+        Ok(a)
+    }
+}
+
+/// Check a signed approval for `env` and record it (with its token, which every later gate
+/// check verifies again).
+pub fn accept_signed_approval(
+    store: &Store,
+    env_name: &str,
+    env: &Environment,
+    token: &str,
+) -> Result<SignedApproval, DeployError> {
+    let refuse = |why: String| DeployError::Gate(format!("error: the approval token was refused: {why}"));
+    let Some(a) = &env.approval else { return Err(refuse(format!("`{env_name}` needs no approval"))) };
+    if a.keys.is_empty() {
+        return Err(refuse(format!(
+            "`{env_name}` lists no reviewer keys (approval.keys), so signatures can't be checked"
+        )));
+    }
+    let trusted = crate::keys::Trusted::parse(&a.keys).map_err(refuse)?;
+    let s = SignedApproval::verify(token, &trusted).map_err(refuse)?;
+    if s.env != env_name {
+        return Err(refuse(format!("it approves `{}`, not `{env_name}`", s.env)));
+    }
+    if !a.reviewers.contains(&s.approver) {
+        return Err(refuse(format!("{} is not a reviewer of `{env_name}`", s.approver)));
+    }
+    let now = now_ms();
+    store
+        .with_index(|i| {
+            i.exec(
+                "INSERT INTO approvals (env, release, approver, comment, at, expires_at, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &[&s.env, &s.release, &s.approver, &s.comment, &now, &s.expires_at, &token.trim()],
+            )?;
+            i.exec(
+                "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'approve', ?4)",
+                &[&now, &s.env, &s.approver, &format!("signed approval of release {}", s.release)],
+            )
+        })
+        .map_err(|e| DeployError::Store(e.to_string()))?;
+    Ok(s)
+}
+
+/// Why the environment is closed for deploys at `now_unix` (outside every window, in a
+/// freeze); empty when open.
+pub fn closed_now(env: &Environment, now_unix: i64) -> Result<Vec<String>, String> {
+    let mut closed = Vec::new();
+    if window_open(env, now_unix)? == Some(false) {
+        closed.push("outside its deploy windows".to_string());
+    }
+    for f in &env.freezes {
+        if let (Some(from), Some(until)) = (parse_rfc3339(&f.from), parse_rfc3339(&f.until)) {
+            if now_unix >= from && now_unix < until {
+                closed.push(format!("in a freeze ({})", f.reason));
+            }
+        }
+    }
+    Ok(closed)
+}
+
 /// Check every gate; `Err` says which is closed and what to do.
 pub fn check_gates(store: &Store, g: &GateInput) -> Result<Vec<String>, DeployError> {
     let mut notes = Vec::new();
@@ -202,32 +343,9 @@ pub fn check_gates(store: &Store, g: &GateInput) -> Result<Vec<String>, DeployEr
         }
     }
     if let Some(a) = &g.env.approval {
-        let rows = store
-            .with_index(|i| {
-                i.rows(
-                    "SELECT approver, expires_at, comment FROM approvals WHERE env = ?1 AND release = ?2 ORDER BY at DESC",
-                    &[&g.env_name, &g.release],
-                )
-            })
-            .map_err(|e| DeployError::Store(e.to_string()))?;
-        let now = now_ms();
-        let valid = rows.iter().find(|r| {
-            r[1].parse::<i64>().unwrap_or(0) > now
-                && a.reviewers.contains(&r[0])
-                && (a.allow_self_approval || r[0] != g.actor)
-        });
-        match valid {
-            Some(r) => notes.push(format!("approved by {} ({})", r[0], r[2])),
-            None => {
-                let why = if rows.is_empty() {
-                    "no approval for this release".to_string()
-                } else if rows.iter().all(|r| r[1].parse::<i64>().unwrap_or(0) <= now) {
-                    "its approval has expired".to_string()
-                } else if rows.iter().any(|r| r[0] == g.actor) && !a.allow_self_approval {
-                    format!("{} may not approve their own deploy", g.actor)
-                } else {
-                    "no approval from a designated reviewer".to_string()
-                };
+        match approval_state(store, g.env_name, g.env, g.release, g.actor)? {
+            Ok(note) => notes.push(note),
+            Err(why) => {
                 return Err(DeployError::Gate(format!(
                     "error: `{}` needs an approval for release {} from one of {}: {why}\n  hint: cairn approve {} --release {} --by REVIEWER",
                     g.env_name,
@@ -239,19 +357,7 @@ pub fn check_gates(store: &Store, g: &GateInput) -> Result<Vec<String>, DeployEr
             }
         }
     }
-    let mut closed = Vec::new();
-    match window_open(g.env, g.now_unix) {
-        Ok(Some(false)) => closed.push("outside its deploy windows".to_string()),
-        Err(e) => return Err(DeployError::Usage(format!("error: {e}"))),
-        _ => {}
-    }
-    for f in &g.env.freezes {
-        if let (Some(from), Some(until)) = (parse_rfc3339(&f.from), parse_rfc3339(&f.until)) {
-            if g.now_unix >= from && g.now_unix < until {
-                closed.push(format!("in a freeze ({})", f.reason));
-            }
-        }
-    }
+    let closed = closed_now(g.env, g.now_unix).map_err(|e| DeployError::Usage(format!("error: {e}")))?;
     if !closed.is_empty() {
         match g.break_glass {
             Some(reason) if !reason.trim().is_empty() => {

@@ -488,6 +488,11 @@ pub struct Approval {
     /// May the person who triggered the deploy approve it? (default false)
     #[serde(default)]
     pub allow_self_approval: bool,
+    /// Reviewers' public keys (`NAME:BASE64`, from `cairn keys generate NAME`). When set, only
+    /// approvals signed with one of them count (`cairn approve --sign`), so a CI runner can't
+    /// approve on a reviewer's behalf.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

@@ -331,6 +331,20 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
                     Some("list who may approve in `reviewers`".into()),
                 );
             }
+            if let Err(e) = crate::keys::Trusted::parse(&a.keys) {
+                let at = a.keys.first().map(|k| loc.locate(Some(name), k)).unwrap_or_else(|| loc.definition(name));
+                c.push(at, e, Some("use the public key `cairn keys generate REVIEWER` printed: NAME:BASE64".into()));
+            }
+            for k in &a.keys {
+                let owner = k.rsplit_once(':').map(|(n, _)| n).unwrap_or_default();
+                if !a.reviewers.iter().any(|r| r == owner) {
+                    c.push(
+                        loc.locate(Some(name), k),
+                        format!("approval key `{owner}` of `{name}` is not one of its reviewers"),
+                        Some(format!("name the key after a reviewer ({})", a.reviewers.join(", "))),
+                    );
+                }
+            }
         }
         for w in &env.windows {
             for t in [&w.start, &w.end] {

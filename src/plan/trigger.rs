@@ -51,6 +51,10 @@ pub struct EnvPlan {
     pub phases: Vec<Phase>,
     pub migration: Option<MigrationPlan>,
     pub secrets: Vec<String>,
+    /// The release hash, when `cairn plan` knows every key it depends on (set by the caller:
+    /// this layer has no store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +329,7 @@ pub fn plan_environment(
         requires,
         regions: env.regions.clone(),
         gates,
+        release: None,
         phases,
         migration,
         secrets: env.secrets.names().map(String::from).collect(),

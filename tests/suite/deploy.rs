@@ -319,3 +319,102 @@ fn ctrl_c_never_cuts_a_phase_midway_and_the_rollout_resumes_after_it() {
         ["deploy automata-signal-fra", "deploy automata-signal-syd", "ssh console automata-signal-nrt"]
     );
 }
+
+#[test]
+fn plan_decides_each_gate_now_and_names_the_release_to_approve() {
+    let fly = Fly::new("0");
+    let freezes = r#"freezes: [
+        (from: "2020-01-01T00:00:00Z", until: "2099-01-01T00:00:00Z", reason: "audit season"),
+        (from: "2020-01-01T00:00:00Z", until: "2020-02-01T00:00:00Z", reason: "long over"),
+      ],"#;
+    let p = project(&fly, freezes);
+    let text = p.read("pipelines/test.ron").replace(
+        "  environments: {",
+        r#"  triggers: [(on: Push, branches: ["main"], run: ["verify"], deploy: [(branch: "main", environment: "production")])],
+  environments: {"#,
+    );
+    p.write("pipelines/test.ron", &text);
+    let plan = |branch: &str| {
+        let r = p.run(&["plan", "-p", "pipelines/test.ron", "--event", "push", "--branch", branch, "--json"]).ok();
+        let env = r.json()["environments"][0].clone();
+        let gates: Vec<(String, String, String)> = env["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let s = |k: &str| g[k].as_str().unwrap_or_default().to_string();
+                (s("kind"), s("status"), s("detail"))
+            })
+            .collect();
+        (env["release"].as_str().map(String::from), gates)
+    };
+    let (release, gates) = plan("main");
+    let release = release.expect("every key is known: the release is named");
+    let status: Vec<(&str, &str)> = gates.iter().map(|(k, s, _)| (k.as_str(), s.as_str())).collect();
+    assert_eq!(
+        status,
+        [("branch", "open"), ("approval", "closed"), ("freeze", "closed"), ("freeze", "open")],
+        "{gates:?}"
+    );
+    assert!(gates[1].2.contains(&release) && gates[1].2.contains("no approval for this release"), "{gates:?}");
+    assert!(gates[2].2.contains("in effect now") && gates[3].2.contains("not in effect now"), "{gates:?}");
+
+    // Approving the release the plan named opens the gate, and it is the release deploy uses.
+    p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead", "--release", &release]).ok();
+    let (_, gates) = plan("main");
+    assert_eq!(gates[1].1, "open", "{gates:?}");
+    assert!(gates[1].2.contains("approved by lead"), "{gates:?}");
+    deploy(&p, &["--break-glass", "audit waived"]).ok();
+    assert_eq!(fly.calls().len(), 4, "the approval of the planned release let the deploy through");
+
+    // On another branch the branch gate is closed.
+    let r = p.run(&["plan", "-p", "pipelines/test.ron", "--event", "push", "--branch", "feature/x"]).ok();
+    assert!(r.stdout.contains("no trigger matches") || r.stdout.contains("closed"), "{}", r.stdout);
+}
+
+#[test]
+fn signed_approvals_carry_a_reviewers_consent_to_ci_and_nothing_else_counts() {
+    let fly = Fly::new("0");
+    let p = project(&fly, "");
+    let key = |name: &str| {
+        let out = format!("{name}.key");
+        p.run(&["keys", "generate", "--name", name, "--out", &out]).ok().stdout.trim().to_string()
+    };
+    let lead_pub = key("lead");
+    key("cto");
+    let text = p.read("pipelines/test.ron").replace(
+        r#"approval: (reviewers: ["lead", "cto"], expires: "1h"),"#,
+        &format!(r#"approval: (reviewers: ["lead", "cto"], expires: "1h", keys: ["{lead_pub}"]),"#),
+    );
+    p.write("pipelines/test.ron", &text);
+    let r = p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead"]).code(5);
+    assert!(r.stderr.contains("takes only signed approvals"), "{}", r.stderr);
+    assert!(deploy(&p, &[]).code(5).stderr.contains("no signed approval"));
+
+    let sign = |by: &str, keyfile: &str| {
+        p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", by, "--sign", keyfile]).ok().stdout
+    };
+    let token = sign("lead", "lead.key").trim().to_string();
+    assert!(token.starts_with("cairn-approval-v1."), "{token}");
+    // A key that is not trusted, a token altered in transit, a key used for someone else.
+    let r = deploy(&p, &["--approval", sign("cto", "cto.key").trim()]).code(5);
+    assert!(r.stderr.contains("untrusted key `cto`"), "{}", r.stderr);
+    let mut forged = token.clone().into_bytes();
+    forged[25] = if forged[25] == b'A' { b'B' } else { b'A' };
+    let r = deploy(&p, &["--approval", &String::from_utf8(forged).unwrap()]).code(5);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    let r = p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "cto", "--sign", "lead.key"]);
+    assert!(r.code != 0 && r.stderr.contains("belongs to `lead`"), "{}", r.stderr);
+    assert!(fly.calls().is_empty());
+
+    // The real token, from the environment as CI passes it.
+    let r = p.run_with(
+        &["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"],
+        &[("CAIRN_APPROVAL", &token)],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("signed approval of release"), "{}", r.stderr);
+    assert_eq!(fly.calls().len(), 4);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(!all.contains(&token), "the token is not echoed");
+}
