@@ -264,6 +264,10 @@ pub struct WhyArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// With a remote cache, a step never built here is compared with the newest entry the
+    /// remote holds for it (what CI built last).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]

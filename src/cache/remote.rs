@@ -333,6 +333,34 @@ impl Remote {
         Ok(Some(Fetched { envelope: env, body: path }))
     }
 
+    /// The newest key the remote has for `step` (cairn serve indexes uploaded envelopes by
+    /// step); `Ok(None)` when it has none or the server keeps no such index.
+    pub fn latest_key_for_step(&self, step: &str) -> Result<Option<String>, RemoteError> {
+        if self.s3.is_some() || self.is_down() {
+            return Ok(None);
+        }
+        let id = blake3::hash(step.as_bytes()).to_hex().to_string();
+        let Some(resp) = self.get(&format!("steps/{id}"), false)? else { return Ok(None) };
+        let v: serde_json::Value = resp.json().map_err(|e| RemoteError::Other(format!("step index: {e}")))?;
+        Ok(v["key"].as_str().map(String::from))
+    }
+
+    /// An entry's envelope alone (verified: its manifest hashes to `key`, and its signature
+    /// when keys are trusted), for comparing manifests without downloading the archive.
+    pub fn envelope(&self, key: &str) -> Result<Option<Envelope>, RemoteError> {
+        let text = if self.s3.is_some() {
+            self.s3_get(&format!("{key}-meta"))?.map(|b| b.to_vec())
+        } else {
+            match self.get(&format!("{key}-meta"), false)? {
+                Some(r) => {
+                    Some(r.bytes().map_err(|e| RemoteError::Other(format!("reading the envelope: {e}")))?.to_vec())
+                }
+                None => None,
+            }
+        };
+        text.map(|t| self.verify_envelope(key, &t)).transpose()
+    }
+
     /// Which of `keys` the remote holds, in one request: for each, `None` when absent, else
     /// the outputs digest the envelope's tag states (`Some(None)` if it states none).
     pub fn exists_many(&self, keys: &[String]) -> Result<Vec<Option<Option<String>>>, RemoteError> {

@@ -21,6 +21,7 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
     let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)
         .map_err(|e| Error::Usage(format!("error: {e}")))?;
     let states = super::plan::predict(&g, &selected, &prepared, &store);
+    let remote = super::build::remote_client(&args.remote, &p)?;
     let mut out = Vec::new();
     for i in wanted {
         let n = &g.nodes[i];
@@ -45,15 +46,36 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
                 state.reasons.iter().map(|r| r.describe()).collect::<Vec<_>>().join("; ")
             ));
         }
-        match previous.as_ref().and_then(|e| e.manifest().map(|m| (e, m))) {
+        // The previous entry: the newest local one, else the newest the remote holds.
+        let mut compared: Option<(String, crate::plan::key::KeyManifest, &str)> =
+            previous.as_ref().and_then(|e| e.manifest().map(|m| (e.key.clone(), m, "local")));
+        if compared.is_none() {
+            if let Some(r) = &remote {
+                match r.latest_key_for_step(&n.name) {
+                    Ok(Some(k)) if k != key => match r.envelope(&k) {
+                        Ok(Some(env)) => compared = Some((k, env.manifest, "remote")),
+                        Ok(None) => {}
+                        Err(e) => text.push(format!("the remote's newest entry could not be read: {e}")),
+                    },
+                    Ok(_) => {}
+                    Err(e) => text.push(format!("the remote could not be asked: {e}")),
+                }
+            }
+        }
+        let compared_key = compared.as_ref().map(|c| c.0.clone());
+        let compared_source = compared.as_ref().map(|c| c.2);
+        match compared {
             None => {
                 text.push("no earlier entry of this step in the store: nothing to compare with".into());
                 reasons.push(json!({"code": "no-entry", "detail": DirtyReason::NoEntry.describe()}));
             }
-            Some((prev, old)) => {
+            Some((prev_key, old, source)) => {
                 let d = diff(&old, &current);
+                if source == "remote" {
+                    text.push(format!("compared with the newest remote entry {} (never built here)", &prev_key[..12]));
+                }
                 if d.is_empty() {
-                    text.push(format!("identical to the previous entry {}", &prev.key[..12]));
+                    text.push(format!("identical to the previous entry {}", &prev_key[..12]));
                 }
                 for r in d {
                     let mut v = json!({"code": r.code(), "detail": r.describe(), "reason": r});
@@ -83,7 +105,8 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
                 "step": n.name,
                 "key": state.key,
                 "status": status,
-                "compared_with": previous.as_ref().map(|e| e.key.clone()),
+                "compared_with": compared_key,
+                "compared_source": compared_source,
                 "reasons": reasons,
             }));
         } else {

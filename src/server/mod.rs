@@ -260,11 +260,15 @@ async fn put_artifact(
         return error(StatusCode::BAD_REQUEST, "digest_mismatch", "the body does not match x-cairn-blob-digest");
     }
     let meta = Meta { size, digest, duration_ms, tag };
+    let indexed = step_of_envelope(&hash, size, &tmp);
     if let Some(s3) = &st.opts.s3 {
         let r = publish_s3(s3, &ns, &hash, &tmp, &meta).await;
         let _ = tokio::fs::remove_file(&tmp).await;
         return match r {
             Ok(()) => {
+                if let Some((step, key)) = &indexed {
+                    record_latest(&st, &ns, step, key);
+                }
                 let body = serde_json::json!({"urls": [format!("{ns}/{hash}")]});
                 (StatusCode::ACCEPTED, [("content-type", "application/json")], body.to_string()).into_response()
             }
@@ -281,10 +285,65 @@ async fn put_artifact(
     let _ = tokio::fs::remove_file(&tmp).await;
     match published {
         Ok(()) => {
+            if let Some((step, key)) = &indexed {
+                record_latest(&st, &ns, step, key);
+            }
             let body = serde_json::json!({"urls": [format!("{ns}/{hash}")]});
             (StatusCode::ACCEPTED, [("content-type", "application/json")], body.to_string()).into_response()
         }
         Err(r) => r,
+    }
+}
+
+/// A cairn envelope (`{key}-meta`) names its step: the server keeps the newest key per step,
+/// so `cairn why` on a fresh checkout can compare with what CI built last. Anything else, or
+/// an envelope that does not hash to its key, is stored but not indexed.
+fn step_of_envelope(hash: &str, size: u64, staged: &Path) -> Option<(String, String)> {
+    let key = hash.strip_suffix("-meta")?;
+    if size > 32 * 1024 * 1024 {
+        return None;
+    }
+    let env: crate::cache::remote::Envelope = serde_json::from_slice(&std::fs::read(staged).ok()?).ok()?;
+    (env.key == key && env.manifest.key() == key).then_some((env.step, env.key))
+}
+
+fn steps_dir(st: &AppState, ns: &str) -> PathBuf {
+    st.opts.store.join(".steps").join(&blake3::hash(ns.as_bytes()).to_hex()[..32])
+}
+
+fn record_latest(st: &AppState, ns: &str, step: &str, key: &str) {
+    let dir = steps_dir(st, ns);
+    let id = blake3::hash(step.as_bytes()).to_hex().to_string();
+    let tmp = dir.join(format!(".{id}-{}", crate::cache::archive::unique()));
+    let ok = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, key))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(&id)));
+    if ok.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// `GET /v8/artifacts/steps/{id}`: the newest key uploaded for the step whose name hashes
+/// (blake3, hex) to `id`, as `{"key": ...}`; 404 when none.
+async fn latest_for_step(
+    State(st): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let ns = match access(&st, &q, &headers, Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "step id is a blake3 hex digest");
+    }
+    match std::fs::read_to_string(steps_dir(&st, &ns).join(&id)) {
+        Ok(key) => {
+            (StatusCode::OK, [("content-type", "application/json")], serde_json::json!({"key": key}).to_string())
+                .into_response()
+        }
+        Err(_) => error(StatusCode::NOT_FOUND, "not_found", "no entry of this step yet"),
     }
 }
 
@@ -483,6 +542,7 @@ fn router(state: Shared) -> Router {
         .route("/v8/artifacts/events", post(events))
         .route("/v8/artifacts", post(query))
         .route("/v8/artifacts/{hash}", get(get_artifact).head(get_artifact).put(put_artifact))
+        .route("/v8/artifacts/steps/{id}", get(latest_for_step))
         .with_state(state)
 }
 

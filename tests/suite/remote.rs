@@ -434,3 +434,28 @@ fn plan_asks_the_remote_in_one_batch_per_level_and_sees_remote_hits() {
     assert_eq!(v["steps"][0]["state"]["cache"], "hit-remote");
     assert_eq!(v["steps"][1]["state"]["cache"], "will-run");
 }
+
+#[test]
+fn why_on_a_fresh_checkout_compares_with_what_ci_built_last() {
+    let server = Server::start(&[]);
+    let (ci, _) = checkout(&server, WRITER, PIPELINE);
+    ci.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    // A laptop that never built: its src/a.txt differs from CI's.
+    let (laptop, _) = checkout(&server, READER, PIPELINE);
+    laptop.write("src/a.txt", "changed on the laptop\n");
+    let r = laptop.run(&["why", "-p", "pipelines/test.ron", "gen", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["compared_source"], "remote", "{}", r.stdout);
+    let codes: Vec<(&str, &str)> = v[0]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["code"].as_str().unwrap(), r["reason"]["path"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(codes, [("input-changed", "src/a.txt")], "{}", r.stdout);
+    let text = laptop.run(&["why", "-p", "pipelines/test.ron", "gen"]).ok().stdout;
+    assert!(text.contains("compared with the newest remote entry"), "{text}");
+    // Without a remote there is nothing to compare with, and it says so.
+    let r = laptop.run_with(&["why", "-p", "pipelines/test.ron", "gen"], &[("CAIRN_REMOTE", "")]).ok();
+    assert!(r.stdout.contains("nothing to compare with"), "{}", r.stdout);
+}
