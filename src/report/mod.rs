@@ -67,6 +67,15 @@ pub struct RunSummary {
     pub critical_path: Vec<String>,
 }
 
+/// How a hit was served, in words (the table, HTML and Markdown reports).
+pub fn hit_why(st: &StepSummary) -> &'static str {
+    match (st.status, st.bytes_restored) {
+        (Status::HitRemote, _) => "restored from the remote cache",
+        (_, 0) => "hit: outputs in place, nothing restored",
+        _ => "restored from the store",
+    }
+}
+
 fn step_summary(r: &StepReport) -> StepSummary {
     let reason = if r.status.is_hit() {
         "hit".to_string()
@@ -215,10 +224,8 @@ pub fn table(s: &RunSummary, color: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "{:<name_w$}  {:<10}  {:>8}  {:>8}  why", "step", "status", "time", "saved");
     for st in &s.steps {
-        let why = if st.status == Status::HitRemote {
-            "restored from the remote cache".to_string()
-        } else if st.status.is_hit() {
-            "restored from the store".to_string()
+        let why = if st.status.is_hit() {
+            hit_why(st).to_string()
         } else if let Some(first) = st.reasons.first() {
             let mut d = first["detail"].as_str().unwrap_or("").to_string();
             if st.reasons.len() > 1 {

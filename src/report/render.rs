@@ -25,7 +25,7 @@ fn color(status: Status) -> &'static str {
 
 fn why(st: &super::StepSummary) -> String {
     if st.status.is_hit() {
-        return "restored from the store".into();
+        return super::hit_why(st).into();
     }
     let mut parts: Vec<String> = st.reasons.iter().filter_map(|r| r["detail"].as_str().map(String::from)).collect();
     if let Some(d) = &st.detail {

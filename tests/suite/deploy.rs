@@ -418,3 +418,95 @@ fn signed_approvals_carry_a_reviewers_consent_to_ci_and_nothing_else_counts() {
     let all = format!("{}{}", r.stdout, r.stderr);
     assert!(!all.contains(&token), "the token is not echoed");
 }
+
+/// Requests a receiver got: path, headers, body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// A real HTTP receiver on 127.0.0.1: every request's path, headers and body, in arrival order.
+fn webhook_receiver() -> (String, Received) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap_or(0);
+            let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let (mut headers, mut len) = (String::new(), 0usize);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push_str(&h);
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).ok();
+            seen.lock().unwrap().push((path, headers, String::from_utf8_lossy(&body).into_owned()));
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn deploy_events_reach_a_real_webhook_and_metric_endpoint_in_order() {
+    let fly = Fly::new("0");
+    let (url, got) = webhook_receiver();
+    let notify = format!(
+        r#"notify: [Slack((url_secret: "SLACK_URL")), Metric((url: "{url}/api/v1/series", api_key_secret: "DD_KEY", tags: ["team:signal"]))],
+      lock_ttl:"#
+    );
+    let p = project(&fly, "");
+    let text = p
+        .read("pipelines/test.ron")
+        .replace(
+            r#"secrets: {"FLY_API_TOKEN": Inherit},"#,
+            r#"secrets: {"FLY_API_TOKEN": Inherit, "SLACK_URL": Env("TEST_SLACK_URL"), "DD_KEY": Env("TEST_DD_KEY")},"#,
+        )
+        .replace("lock_ttl:", &notify);
+    p.write("pipelines/test.ron", &text);
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    approve(&p);
+    let slack = format!("{url}/services/T000/B000/secret-hook-path");
+    let r = p.run_with(
+        &["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"],
+        &[("TEST_SLACK_URL", &slack), ("TEST_DD_KEY", "dd-key-5e3f")],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = got.lock().unwrap().clone();
+    let slack_events: Vec<String> = got
+        .iter()
+        .filter(|(path, _, _)| path.starts_with("/services/"))
+        .map(|(_, _, body)| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["event"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let first =
+        |e: &str| slack_events.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e}: {slack_events:?}"));
+    assert!(first("region-started") < first("region-healthy"), "{slack_events:?}");
+    assert!(first("region-healthy") < first("migration-done"), "{slack_events:?}");
+    assert_eq!(slack_events.last().map(String::as_str), Some("finished"), "{slack_events:?}");
+    assert_eq!(slack_events.iter().filter(|e| *e == "region-healthy").count(), 3, "{slack_events:?}");
+    for (_, _, body) in got.iter().filter(|(p, _, _)| p.starts_with("/services/")) {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["text"].as_str().is_some_and(|t| t.starts_with("[cairn]")), "Slack-compatible: {body}");
+    }
+    let metrics: Vec<&(String, String, String)> = got.iter().filter(|(p, _, _)| p == "/api/v1/series").collect();
+    assert_eq!(metrics.len(), slack_events.len(), "one metric point per event");
+    assert!(metrics[0].1.to_ascii_lowercase().contains("dd-api-key: dd-key-5e3f"), "{}", metrics[0].1);
+    let tags = metrics[0].2.clone();
+    assert!(tags.contains("environment:production") && tags.contains("team:signal"), "{tags}");
+    let out = format!("{}{}", r.stdout, r.stderr);
+    for secret in [TOKEN, "dd-key-5e3f", "secret-hook-path"] {
+        assert!(!out.contains(secret), "{secret} leaked into cairn's output");
+        assert!(got.iter().all(|(_, _, b)| !b.contains(secret)), "{secret} leaked into a notification");
+    }
+}
