@@ -96,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(map.len() * 100);
     for (path, e) in map {
-        let Ok(digest) = hex32(&e.digest) else { continue };
+        let Some(digest) = crate::inputs::unhex32(&e.digest) else { continue };
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
         out.extend_from_slice(path.as_bytes());
         for v in [e.size, e.mtime_ns as u64, e.ctime_ns as u64, e.ino, e.recorded_ns as u64] {
@@ -108,25 +108,7 @@ fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
     out
 }
 
-fn hex32(s: &str) -> Result<[u8; 32], ()> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return Err(());
-    }
-    let mut out = [0u8; 32];
-    let val = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(()),
-    };
-    for i in 0..32 {
-        out[i] = val(b[2 * i])? << 4 | val(b[2 * i + 1])?;
-    }
-    Ok(out)
-}
-
 fn decode_stat_cache(data: &[u8]) -> HashMap<String, StatEntry> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut map = HashMap::new();
     let mut i = 0;
     let take = |i: &mut usize, n: usize| -> Option<&[u8]> {
@@ -142,12 +124,8 @@ fn decode_stat_cache(data: &[u8]) -> HashMap<String, StatEntry> {
         let Some(path) = take(&mut i, len).and_then(|b| std::str::from_utf8(b).ok()).map(String::from) else { break };
         let Some(nums) = take(&mut i, 40) else { break };
         let Some(exec) = take(&mut i, 1).map(|b| b[0] != 0) else { break };
-        let Some(d) = take(&mut i, 32) else { break };
-        let mut digest = String::with_capacity(64);
-        for byte in d {
-            digest.push(HEX[(byte >> 4) as usize] as char);
-            digest.push(HEX[(byte & 15) as usize] as char);
-        }
+        let Some(d) = take(&mut i, 32).and_then(|d| <&[u8; 32]>::try_from(d).ok()) else { break };
+        let digest = crate::inputs::hex32(d);
         map.insert(
             path,
             StatEntry {

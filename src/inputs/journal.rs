@@ -21,7 +21,7 @@
 //! Filesystems whose directory mtimes cannot be trusted (some network mounts) can turn the
 //! journal off with `CAIRN_NO_SCAN_JOURNAL=1`; git's `core.untrackedCache` has the same caveat.
 
-use super::{hash_file, now_ns, FileDigest, ScanStats, Snapshot, StatEntry, WalkOptions, RACY_WINDOW};
+use super::{hash_file, hex32, now_ns, unhex32, FileDigest, ScanStats, Snapshot, StatEntry, WalkOptions, RACY_WINDOW};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -116,33 +116,6 @@ fn outside_paths(opts: &WalkOptions) -> Vec<PathBuf> {
     out
 }
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let v = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = v(b[2 * i])? << 4 | v(b[2 * i + 1])?;
-    }
-    Some(out)
-}
-
-fn hex(d: &[u8; 32]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for byte in d {
-        s.push(HEX[(byte >> 4) as usize] as char);
-        s.push(HEX[(byte & 15) as usize] as char);
-    }
-    s
-}
-
 fn split(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
 }
@@ -168,7 +141,7 @@ impl Journal {
         let with_owners = files.into_iter().map(|(r, s, o)| (r, s, o, true));
         for (rel, st, owners, matched) in with_owners.chain(guards.into_iter().map(|(r, s)| (r, s, vec![], false))) {
             let (dir, name) = split(&rel);
-            let digest = if matched { unhex(&st.digest)? } else { [0; 32] };
+            let digest = if matched { unhex32(&st.digest)? } else { [0; 32] };
             recs.push(FileRec {
                 dir: *index.get(dir)?,
                 name: name.to_string(),
@@ -346,13 +319,13 @@ impl Journal {
                     (u.size, u.mtime_ns, u.ctime_ns, u.ino, u.exec) =
                         (st.size, st.mtime_ns, st.ctime_ns, st.ino, st.exec);
                     u.recorded_ns = st.recorded_ns;
-                    u.digest = unhex(&st.digest).ok_or("bad digest")?;
+                    u.digest = unhex32(&st.digest).ok_or("bad digest")?;
                     snapshot.updates.push((rel.clone(), st.clone()));
                     (st.digest.clone(), st.exec)
                 }
                 None => {
                     stats.reused += 1;
-                    (hex(&f.digest), f.exec)
+                    (hex32(&f.digest), f.exec)
                 }
             };
             stats.files += 1;
@@ -463,18 +436,9 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{opts, write};
     use super::super::{scan, StepInputs};
     use super::*;
-
-    fn write(root: &Path, rel: &str, content: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-
-    fn opts(root: &Path) -> WalkOptions {
-        WalkOptions { root: root.into(), gitignore: true, prune: vec!["out".into()], prune_abs: vec![], threads: 2 }
-    }
 
     fn steps() -> Vec<StepInputs> {
         vec![

@@ -109,6 +109,35 @@ fn include_globs(g: &str) -> Vec<String> {
     }
 }
 
+/// A digest's 64 lowercase hex characters as 32 bytes; `None` if it is not one.
+pub(crate) fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let v = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = v(b[2 * i])? << 4 | v(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// 32 bytes as 64 lowercase hex characters.
+pub(crate) fn hex32(d: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for byte in d {
+        s.push(HEX[(byte >> 4) as usize] as char);
+        s.push(HEX[(byte & 15) as usize] as char);
+    }
+    s
+}
+
 fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
@@ -405,16 +434,16 @@ pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn write(root: &Path, rel: &str, content: &str) {
+    pub(crate) fn write(root: &Path, rel: &str, content: &str) {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
     }
 
-    fn opts(root: &Path) -> WalkOptions {
+    pub(crate) fn opts(root: &Path) -> WalkOptions {
         WalkOptions { root: root.into(), gitignore: true, prune: vec!["out".into()], prune_abs: vec![], threads: 2 }
     }
 
