@@ -85,13 +85,37 @@ pub struct DeployCli {
     /// environment's `approval.keys` and recorded before the gates are checked.
     #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
     pub approval: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+}
+
+/// Where deploy state (approvals, leases, runs, the journal) lives: with a `cairn serve`
+/// remote, on it, shared by every runner; else in the local store.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LedgerArgs {
+    /// Remote cache base URL whose server holds the deploy ledger (overrides the pipeline's
+    /// `remote.url`).
+    #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Bearer token for the remote (deploys need write access).
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Team / slug on the remote (default: the pipeline's `remote.namespace`, else its name).
+    #[arg(long, env = "CAIRN_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl From<&RemoteArgs> for LedgerArgs {
+    fn from(r: &RemoteArgs) -> LedgerArgs {
+        LedgerArgs { remote: r.remote.clone(), token: r.token.clone(), namespace: r.namespace.clone() }
+    }
 }
 
 /// What `cairn deploy` was asked to do.
 pub enum DeployCommand {
     Start(DeployArgs),
     Resume(DeployArgs),
-    History { env: String, pipeline: PipelineArg, store: StoreArg },
+    History { env: String, pipeline: PipelineArg, store: StoreArg, ledger: LedgerArgs },
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +126,7 @@ pub struct DeployArgs {
     pub branch: Option<String>,
     pub break_glass: Option<String>,
     pub approval: Option<String>,
+    pub ledger: LedgerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +151,8 @@ pub struct ApproveArgs {
     /// reviewer) and print it as a token for CI (`cairn deploy --approval TOKEN`).
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +164,8 @@ pub enum LockCommand {
         pipeline: PipelineArg,
         #[command(flatten)]
         store: StoreArg,
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
     /// Break a lease (recorded in the audit log).
     Release {
@@ -149,6 +178,8 @@ pub enum LockCommand {
         force: bool,
         #[arg(long)]
         reason: Option<String>,
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
 }
 
@@ -162,6 +193,8 @@ pub struct RollbackArgs {
     /// The release to roll back to (available to the command as {release}).
     #[arg(long)]
     pub to: Option<String>,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
 }
 
 #[derive(Debug, Args)]

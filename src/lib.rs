@@ -74,12 +74,16 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
                 branch: d.branch.clone(),
                 break_glass: d.break_glass.clone(),
                 approval: d.approval.clone(),
+                ledger: d.ledger.clone(),
             };
             let cmd = match (d.target.as_str(), d.env.clone()) {
                 ("resume", Some(env)) => cli::DeployCommand::Resume(args(env)),
-                ("history", Some(env)) => {
-                    cli::DeployCommand::History { env, pipeline: d.pipeline.clone(), store: d.store.clone() }
-                }
+                ("history", Some(env)) => cli::DeployCommand::History {
+                    env,
+                    pipeline: d.pipeline.clone(),
+                    store: d.store.clone(),
+                    ledger: d.ledger.clone(),
+                },
                 (env, None) if env != "resume" && env != "history" => cli::DeployCommand::Start(args(env.to_string())),
                 _ => {
                     return Err(Error::Usage(

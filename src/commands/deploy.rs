@@ -1,7 +1,8 @@
 //! `cairn deploy`, `deploy resume`, `deploy history`, `approve`, `lock`, `rollback`, `run`.
 
 use super::{load_pipeline, open_store, project_root};
-use crate::cli::{DeployArgs, DeployCommand, LockCommand};
+use crate::cli::{DeployArgs, DeployCommand, LedgerArgs, LockCommand};
+use crate::deploy::ledger::{Ledger, LockInfo, Op, RunRow};
 use crate::deploy::{self, DeployError, Runner};
 use crate::error::Error;
 use crate::exec::process::{self, Console};
@@ -23,6 +24,29 @@ fn de(e: DeployError) -> Error {
 
 fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Io(format!("error: {e}"))
+}
+
+/// The deploy ledger: on the remote when one is configured (flags, environment, or the
+/// pipeline's `remote`), so every runner shares it; else in the local store.
+pub fn open_ledger(args: &LedgerArgs, p: &Pipeline, store: &Arc<crate::cache::Store>) -> Result<Ledger, Error> {
+    let settings = p.remote.clone().unwrap_or_default();
+    let url = args.remote.clone().or(settings.url).filter(|u| !u.is_empty());
+    match url {
+        None => Ok(Ledger::Local(store.clone())),
+        Some(u) if u.starts_with("s3://") => {
+            eprintln!(
+                "note: deploy approvals, leases and the journal stay in the local store: an s3:// remote can't hold them (serve the bucket with `cairn serve --s3` to share them)"
+            );
+            Ok(Ledger::Local(store.clone()))
+        }
+        Some(u) => {
+            let namespace = args.namespace.clone().or(settings.namespace).unwrap_or_else(|| p.name.clone());
+            let token = args.token.clone().filter(|t| !t.is_empty());
+            let r = crate::deploy::ledger::RemoteLedger::new(&u, token, &namespace)
+                .map_err(|e| Error::Usage(format!("error: {e}")))?;
+            Ok(Ledger::Remote(Arc::new(r)))
+        }
+    }
 }
 
 /// The branch: `--branch`, CI's variables, else git.
@@ -71,7 +95,7 @@ fn required_steps(p: &Pipeline, env_name: &str) -> Vec<String> {
 struct Prepared {
     p: Pipeline,
     root: PathBuf,
-    store: Arc<crate::cache::Store>,
+    ledger: Ledger,
     plan: EnvPlan,
     release: String,
     branch: Option<String>,
@@ -80,6 +104,7 @@ struct Prepared {
 fn prepare(
     pipeline: &std::path::Path,
     store_arg: &crate::cli::StoreArg,
+    ledger: &LedgerArgs,
     env_name: &str,
     branch: &Option<String>,
 ) -> Result<Prepared, Error> {
@@ -126,7 +151,9 @@ fn prepare(
     let branch = current_branch(branch, &root);
     let plan = plan_environment(&p, env_name, env, requires, branch.as_deref());
     let release = deploy::release_hash(env_name, &keys, &plan);
-    Ok(Prepared { p, root, store: Arc::new(store), plan, release, branch })
+    let store = Arc::new(store);
+    let ledger = open_ledger(ledger, &p, &store)?;
+    Ok(Prepared { p, root, ledger, plan, release, branch })
 }
 
 fn runner<'a>(pr: &'a Prepared, env_name: &'a str, console: &'a Console, run_id: &str) -> Result<Runner<'a>, Error> {
@@ -138,7 +165,7 @@ fn runner<'a>(pr: &'a Prepared, env_name: &'a str, console: &'a Console, run_id:
         env_name,
         env,
         root: pr.root.clone(),
-        store: pr.store.clone(),
+        ledger: pr.ledger.clone(),
         console,
         masker,
         secret_env,
@@ -148,28 +175,30 @@ fn runner<'a>(pr: &'a Prepared, env_name: &'a str, console: &'a Console, run_id:
 }
 
 /// Run phases under the lease and record the outcome.
-fn execute(pr: &Prepared, env_name: &str, run_id: &str, done: &[usize], console: &Console) -> Result<(), Error> {
-    let env = pr.p.environments.get(env_name).expect("checked");
-    let r = runner(pr, env_name, console, run_id)?;
+fn execute(pr: &Prepared, r: &Runner, done: &[usize], console: &Console) -> Result<(), Error> {
+    let (env_name, run_id) = (r.env_name, r.run_id.as_str());
+    let env = r.env;
     let ttl = env.lock_ttl.map(|d| d.0).unwrap_or(std::time::Duration::from_secs(600));
-    let lease = deploy::acquire_lease(&pr.store, env_name, run_id, &deploy::actor(), ttl, console).map_err(de)?;
-    pr.store
-        .with_index(|i| i.exec("UPDATE deploy_runs SET result = 'running' WHERE id = ?1", &[&run_id]))
-        .map_err(store_err)?;
+    let lease = deploy::acquire_lease(&pr.ledger, env_name, run_id, &deploy::actor(), ttl, console).map_err(de)?;
+    let running =
+        Op::RunResult { id: run_id.into(), result: "running".into(), halt_reason: String::new(), finished: false };
+    if let Err(e) = pr.ledger.exec(running) {
+        lease.release(&pr.ledger);
+        return Err(store_err(e));
+    }
     console.note(&format!("cairn: deploying release {} to {env_name} (run {run_id})", pr.release));
     let outcome = r.run(&pr.plan, done);
     let (result, halt) = match &outcome {
         Ok(()) => ("succeeded", String::new()),
         Err(h) => ("halted", h.to_string()),
     };
-    let _ = pr.store.with_index(|i| {
-        i.exec(
-            "UPDATE deploy_runs SET result = ?2, halt_reason = ?3, finished_at = ?4 WHERE id = ?1",
-            &[&run_id, &result, &halt, &deploy::now_ms()],
-        )
-    });
+    let masked = r.masker.mask(&halt);
+    let finished = Op::RunResult { id: run_id.into(), result: result.into(), halt_reason: masked, finished: true };
+    if let Err(e) = pr.ledger.exec(finished) {
+        console.note(&format!("warning: the run's result ({result}) was not recorded: {e}"));
+    }
     deploy::notify(
-        &r,
+        r,
         "finished",
         &format!(
             "{env_name}: release {} {result}{}",
@@ -177,7 +206,7 @@ fn execute(pr: &Prepared, env_name: &str, run_id: &str, done: &[usize], console:
             if halt.is_empty() { String::new() } else { format!(": {halt}") }
         ),
     );
-    lease.release(&pr.store);
+    lease.release(&pr.ledger);
     match outcome {
         Ok(()) => {
             console.note(&format!("cairn: {env_name} runs release {}", pr.release));
@@ -197,18 +226,30 @@ pub fn run(cmd: &DeployCommand) -> Result<(), Error> {
     match cmd {
         DeployCommand::Start(a) => start(a, &console),
         DeployCommand::Resume(a) => resume(a, &console),
-        DeployCommand::History { env, pipeline, store } => history(env, &pipeline.pipeline, store),
+        DeployCommand::History { env, pipeline, store, ledger } => history(env, &pipeline.pipeline, store, ledger),
     }
 }
 
 pub fn start(a: &DeployArgs, console: &Console) -> Result<(), Error> {
-    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.env, &a.branch)?;
+    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.ledger, &a.env, &a.branch)?;
     let env = pr.p.environments.get(&a.env).expect("checked");
     let who = deploy::actor();
+    let run_id = format!("{}-{}", deploy::now_ms(), std::process::id());
+    let r = runner(&pr, &a.env, console, &run_id)?;
+    if pr.ledger.is_shared() {
+        console.note(&format!("cairn: deploy state: {}", pr.ledger.describe()));
+    }
     let now_unix = deploy::now_ms() / 1000;
     if let Some(token) = &a.approval {
-        let signed = deploy::accept_signed_approval(&pr.store, &a.env, env, token).map_err(de)?;
+        let signed = deploy::accept_signed_approval(&pr.ledger, &a.env, env, token).map_err(de)?;
         console.note(&format!("cairn: signed approval of release {} by {} accepted", signed.release, signed.approver));
+        let text = format!("{}: release {} approved by {} (signed)", a.env, signed.release, signed.approver);
+        deploy::notify(&r, "approved", &text);
+    }
+    if interactive() {
+        if let Some(reviewer) = prompt_for_approval(&pr, &a.env, &who, console)? {
+            deploy::notify(&r, "approved", &format!("{}: release {} approved by {reviewer}", a.env, pr.release));
+        }
     }
     let gates = deploy::GateInput {
         env_name: &a.env,
@@ -219,102 +260,171 @@ pub fn start(a: &DeployArgs, console: &Console) -> Result<(), Error> {
         now_unix,
         break_glass: a.break_glass.as_deref(),
     };
-    let notes = deploy::check_gates(&pr.store, &gates).map_err(de)?;
+    let notes = match deploy::check_gates(&pr.ledger, &gates) {
+        Ok(notes) => notes,
+        Err(e) => {
+            let awaiting = deploy::branch_allowed(env, pr.branch.as_deref())
+                && env.approval.is_some()
+                && matches!(deploy::approval_state(&pr.ledger, &a.env, env, &pr.release, &who), Ok(Err(_)));
+            if awaiting {
+                let text = format!("{}: release {} by {who} awaits an approval", a.env, pr.release);
+                deploy::notify(&r, "awaiting-approval", &text);
+            }
+            return Err(de(e));
+        }
+    };
     for n in &notes {
         console.note(&format!("cairn: gate: {n}"));
     }
-    let run_id = format!("{}-{}", deploy::now_ms(), std::process::id());
     let plan_json = serde_json::to_string(&pr.plan).expect("plans serialise");
     let break_glass = notes.iter().find(|n| n.starts_with("break-glass")).cloned().unwrap_or_default();
-    pr.store
-        .with_index(|i| {
-            i.exec(
-                "INSERT INTO deploy_runs (id, env, release, who, started_at, result, plan, break_glass) VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
-                &[&run_id, &a.env, &pr.release, &who, &deploy::now_ms(), &plan_json, &break_glass],
-            )?;
-            if !break_glass.is_empty() {
-                i.exec(
-                    "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'break-glass', ?4)",
-                    &[&deploy::now_ms(), &a.env, &who, &break_glass],
-                )?;
-            }
-            Ok::<(), crate::cache::index::IndexError>(())
+    pr.ledger
+        .exec(Op::RunStart {
+            id: run_id.clone(),
+            env: a.env.clone(),
+            release: pr.release.clone(),
+            who,
+            plan: plan_json,
+            break_glass,
         })
         .map_err(store_err)?;
-    execute(&pr, &a.env, &run_id, &[], console)
+    deploy::notify(&r, "queued", &format!("{}: release {} queued by {}", a.env, pr.release, deploy::actor()));
+    execute(&pr, &r, &[], console)
+}
+
+/// A person at a terminal (not CI): approvals can be asked for at the deploy.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+
+/// The approval gate as a prompt: when the release has no valid approval, a reviewer at this
+/// terminal may give one (never the deployer, unless the environment allows self-approval).
+/// Environments that take only signed approvals are not prompted for. Nothing entered: the
+/// gate stays closed and says so.
+/// Answers the reviewer who approved, if one did.
+fn prompt_for_approval(pr: &Prepared, env_name: &str, who: &str, console: &Console) -> Result<Option<String>, Error> {
+    use std::io::{BufRead, Write};
+    let env = pr.p.environments.get(env_name).expect("checked");
+    let Some(gate) = &env.approval else { return Ok(None) };
+    if !gate.keys.is_empty() || !deploy::branch_allowed(env, pr.branch.as_deref()) {
+        return Ok(None);
+    }
+    let Err(why) = deploy::approval_state(&pr.ledger, env_name, env, &pr.release, who).map_err(de)? else {
+        return Ok(None);
+    };
+    let eligible: Vec<&String> = gate.reviewers.iter().filter(|r| gate.allow_self_approval || *r != who).collect();
+    let ask = |q: &str| -> Option<String> {
+        eprint!("  {q}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line.trim().to_string()),
+            _ => None,
+        }
+    };
+    let regions = if pr.plan.regions.is_empty() { "one deploy".to_string() } else { pr.plan.regions.join(" → ") };
+    eprintln!("cairn: `{env_name}` needs an approval of release {} ({why})", pr.release);
+    eprintln!(
+        "  {} {regions}{}, requested by {who}",
+        pr.plan.strategy,
+        if pr.plan.migration.is_some() { ", with a migration" } else { "" }
+    );
+    let names: Vec<&str> = eligible.iter().map(|s| s.as_str()).collect();
+    let mut reviewer = None;
+    for _ in 0..3 {
+        let Some(name) = ask(&format!("reviewer approving ({}), or empty to stop: ", names.join(", "))) else {
+            break;
+        };
+        if name.is_empty() {
+            break;
+        }
+        if names.contains(&name.as_str()) {
+            reviewer = Some(name);
+            break;
+        }
+        if name == who && gate.reviewers.contains(&name) {
+            eprintln!("  {who} may not approve their own deploy");
+        } else {
+            eprintln!("  `{name}` is not a reviewer of `{env_name}`");
+        }
+    }
+    let Some(reviewer) = reviewer else { return Ok(None) };
+    let confirmed = ask(&format!("approve release {} of {env_name} as {reviewer}? [y/N] ", pr.release))
+        .is_some_and(|a| a.eq_ignore_ascii_case("y") || a.eq_ignore_ascii_case("yes"));
+    if !confirmed {
+        return Ok(None);
+    }
+    let comment = ask("comment: ").unwrap_or_default();
+    let ttl = gate.expires.map(|d| d.0).unwrap_or(std::time::Duration::from_secs(24 * 3600));
+    pr.ledger
+        .exec(Op::Approve {
+            env: env_name.to_string(),
+            release: pr.release.clone(),
+            approver: reviewer.clone(),
+            comment,
+            expires_at: deploy::now_ms() + ttl.as_millis() as i64,
+            token: String::new(),
+            audit: format!("release {}, at the deploy prompt of {who}", pr.release),
+        })
+        .map_err(store_err)?;
+    console.note(&format!("cairn: approved by {reviewer} at the prompt (valid {})", crate::model::Dur(ttl)));
+    Ok(Some(reviewer))
 }
 
 fn resume(a: &DeployArgs, console: &Console) -> Result<(), Error> {
-    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.env, &a.branch)?;
-    let rows = pr
-        .store
-        .with_index(|i| {
-            i.rows(
-                "SELECT id, release FROM deploy_runs WHERE env = ?1 AND result IN ('halted', 'running', 'queued') ORDER BY started_at DESC LIMIT 1",
-                &[&a.env],
-            )
-        })
-        .map_err(store_err)?;
-    let Some(row) = rows.first() else {
+    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.ledger, &a.env, &a.branch)?;
+    let unfinished: Option<(String, String)> =
+        pr.ledger.call(Op::Unfinished { env: a.env.clone() }).map_err(store_err)?;
+    let Some((run_id, release)) = unfinished else {
         return Err(Error::Usage(format!(
             "error: no unfinished deploy of `{}` to resume\n  hint: `cairn deploy history {}` lists runs",
             a.env, a.env
         )));
     };
-    let (run_id, release) = (row[0].clone(), row[1].clone());
     if release != pr.release {
         return Err(Error::GateClosed(format!(
             "error: the unfinished run deployed release {release}, but the current release is {}\n  hint: start a new deploy with `cairn deploy {}` (its gates apply)",
             pr.release, a.env
         )));
     }
-    let done: Vec<usize> = pr
-        .store
-        .with_index(|i| {
-            i.rows(
-                "SELECT DISTINCT phase FROM deploy_journal WHERE run_id = ?1 AND state IN ('done', 'skipped')",
-                &[&run_id],
-            )
-        })
-        .map_err(store_err)?
-        .iter()
-        .filter_map(|r| r[0].parse().ok())
-        .collect();
+    let done: Vec<usize> = pr.ledger.call(Op::DonePhases { run_id: run_id.clone() }).map_err(store_err)?;
     console.note(&format!("cairn: resuming run {run_id} at its first unfinished phase ({} done)", done.len()));
-    execute(&pr, &a.env, &run_id, &done, console)
+    let r = runner(&pr, &a.env, console, &run_id)?;
+    execute(&pr, &r, &done, console)
 }
 
-fn history(env: &str, pipeline: &std::path::Path, store: &crate::cli::StoreArg) -> Result<(), Error> {
+fn history(
+    env: &str,
+    pipeline: &std::path::Path,
+    store: &crate::cli::StoreArg,
+    ledger: &LedgerArgs,
+) -> Result<(), Error> {
+    let p = load_pipeline(pipeline)?;
     let root = project_root(pipeline);
     let (store, _) = open_store(store, &root)?;
-    let rows = store
-        .with_index(|i| {
-            i.rows(
-                "SELECT id, who, release, started_at, result, COALESCE(halt_reason, ''), COALESCE(break_glass, '') FROM deploy_runs WHERE env = ?1 ORDER BY started_at DESC",
-                &[&env],
-            )
-        })
-        .map_err(store_err)?;
+    let ledger = open_ledger(ledger, &p, &Arc::new(store))?;
+    let rows: Vec<RunRow> = ledger.call(Op::History { env: env.to_string() }).map_err(store_err)?;
     if rows.is_empty() {
         println!("no deploys of {env} yet");
     }
     for r in rows {
         println!(
             "{}  {:<10} release {}  by {:<12} {}{}{}",
-            r[0],
-            r[4],
-            r[2],
-            r[1],
-            r[3],
-            if r[5].is_empty() { String::new() } else { format!("  halt: {}", r[5]) },
-            if r[6].is_empty() { String::new() } else { format!("  [{}]", r[6]) }
+            r.id,
+            r.result,
+            r.release,
+            r.who,
+            r.started_at,
+            if r.halt_reason.is_empty() { String::new() } else { format!("  halt: {}", r.halt_reason) },
+            if r.break_glass.is_empty() { String::new() } else { format!("  [{}]", r.break_glass) }
         );
     }
     Ok(())
 }
 
 pub fn approve(a: &crate::cli::ApproveArgs) -> Result<(), Error> {
-    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.env, &None)?;
+    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.ledger, &a.env, &None)?;
     let env = pr.p.environments.get(&a.env).expect("checked");
     let Some(gate) = &env.approval else {
         return Err(Error::Usage(format!("error: `{}` needs no approval", a.env)));
@@ -372,49 +482,52 @@ pub fn approve(a: &crate::cli::ApproveArgs) -> Result<(), Error> {
             a.env, a.env, a.by, a.by
         )));
     }
-    pr.store
-        .with_index(|i| {
-            i.exec(
-                "INSERT INTO approvals (env, release, approver, comment, at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                &[&a.env, &release, &a.by, &comment, &now, &(now + ttl.as_millis() as i64)],
-            )?;
-            i.exec(
-                "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'approve', ?4)",
-                &[&now, &a.env, &a.by, &format!("release {release}")],
-            )
+    pr.ledger
+        .exec(Op::Approve {
+            env: a.env.clone(),
+            release: release.clone(),
+            approver: a.by.clone(),
+            comment,
+            expires_at: now + ttl.as_millis() as i64,
+            token: String::new(),
+            audit: format!("release {release}"),
         })
         .map_err(store_err)?;
     println!("approved release {release} of {} by {} (valid {})", a.env, a.by, crate::model::Dur(ttl));
+    // Tell the deploy's channels; a reviewer's machine may lack the secrets they need.
+    let console = Console::new(false);
+    match runner(&pr, &a.env, &console, "approval") {
+        Ok(r) => deploy::notify(&r, "approved", &format!("{}: release {release} approved by {}", a.env, a.by)),
+        Err(e) => eprintln!("note: the `approved` event was not sent ({e})"),
+    }
     Ok(())
 }
 
 pub fn lock(cmd: &LockCommand) -> Result<(), Error> {
-    let (env, pipeline, store_arg) = match cmd {
-        LockCommand::Status { env, pipeline, store } => (env, pipeline, store),
-        LockCommand::Release { env, pipeline, store, .. } => (env, pipeline, store),
+    let (env, pipeline, store_arg, ledger_args) = match cmd {
+        LockCommand::Status { env, pipeline, store, ledger } => (env, pipeline, store, ledger),
+        LockCommand::Release { env, pipeline, store, ledger, .. } => (env, pipeline, store, ledger),
     };
+    let p = load_pipeline(&pipeline.pipeline)?;
     let root = project_root(&pipeline.pipeline);
     let (store, _) = open_store(store_arg, &root)?;
-    let holder = store
-        .with_index(|i| {
-            i.rows("SELECT holder, run_id, host, pid, acquired_at, expires_at FROM leases WHERE env = ?1", &[env])
-        })
-        .map_err(store_err)?;
+    let ledger = open_ledger(ledger_args, &p, &Arc::new(store))?;
     match cmd {
         LockCommand::Status { .. } => {
-            match holder.first() {
-                Some(h) if h[5].parse::<i64>().unwrap_or(0) > deploy::now_ms() => println!(
+            let info: LockInfo = ledger.call(Op::LockStatus { env: env.clone() }).map_err(store_err)?;
+            match &info.lease {
+                Some(h) if info.live => println!(
                     "{env}: held by {} (run {}, {} pid {}), since {}, lease expires at {}",
-                    h[0], h[1], h[2], h[3], h[4], h[5]
+                    h.holder, h.run_id, h.host, h.pid, h.acquired_at, h.expires_at
                 ),
-                Some(h) => println!("{env}: free (the last lease, run {}, expired at {})", h[1], h[5]),
+                Some(h) => println!("{env}: free (the last lease, run {}, expired at {})", h.run_id, h.expires_at),
                 None => println!("{env}: free"),
             }
-            let waiting = store
-                .with_index(|i| i.rows("SELECT run_id FROM lease_queue WHERE env = ?1 ORDER BY since", &[env]))
-                .map_err(store_err)?;
-            for (n, w) in waiting.iter().enumerate() {
-                println!("  waiting #{}: run {}", n + 1, w[0]);
+            for (n, w) in info.waiting.iter().enumerate() {
+                println!("  waiting #{}: run {}", n + 1, w);
+            }
+            if ledger.is_shared() {
+                println!("  (kept by {})", ledger.describe());
             }
             Ok(())
         }
@@ -428,17 +541,13 @@ pub fn lock(cmd: &LockCommand) -> Result<(), Error> {
                 .clone()
                 .filter(|r| !r.trim().is_empty())
                 .ok_or_else(|| Error::Usage("error: --force needs --reason \"...\" (it is recorded)".into()))?;
-            let who = deploy::actor();
-            store
-                .with_index(|i| {
-                    i.exec("DELETE FROM leases WHERE env = ?1", &[env])?;
-                    i.exec(
-                        "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'lock-release-force', ?4)",
-                        &[&deploy::now_ms(), env, &who, &format!("{reason} (was {})", holder.first().map(|h| h[1].clone()).unwrap_or_default())],
-                    )
-                })
-                .map_err(store_err)?;
-            println!("released the lease of {env} (recorded in the audit log)");
+            let was: String =
+                ledger.call(Op::LockBreak { env: env.clone(), who: deploy::actor(), reason }).map_err(store_err)?;
+            if was.is_empty() {
+                println!("{env} held no lease; the attempt is recorded in the audit log");
+            } else {
+                println!("released the lease of {env} (run {was}; recorded in the audit log)");
+            }
             Ok(())
         }
     }
@@ -453,7 +562,7 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
     };
     let root = project_root(&a.pipeline.pipeline);
     let (store, _) = open_store(&a.store, &root)?;
-    let store = Arc::new(store);
+    let ledger = open_ledger(&a.ledger, &p, &Arc::new(store))?;
     let console = Console::new(false);
     let target = a.to.clone().unwrap_or_else(|| "previous".into());
     let secret_env = deploy::env_secrets(&p, env, &root).map_err(de)?;
@@ -464,7 +573,7 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
         env_name: &a.env,
         env,
         root: root.clone(),
-        store: store.clone(),
+        ledger: ledger.clone(),
         console: &console,
         masker,
         secret_env,
@@ -472,7 +581,19 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
         run_id: run_id.clone(),
     };
     let ttl = env.lock_ttl.map(|d| d.0).unwrap_or(std::time::Duration::from_secs(600));
-    let lease = deploy::acquire_lease(&store, &a.env, &run_id, &deploy::actor(), ttl, &console).map_err(de)?;
+    let lease = deploy::acquire_lease(&ledger, &a.env, &run_id, &deploy::actor(), ttl, &console).map_err(de)?;
+    let start = Op::RunStart {
+        id: run_id.clone(),
+        env: a.env.clone(),
+        release: target.clone(),
+        who: deploy::actor(),
+        plan: "{}".into(),
+        break_glass: String::new(),
+    };
+    if let Err(e) = ledger.exec(start) {
+        lease.release(&ledger);
+        return Err(store_err(e));
+    }
     let vars = crate::plan::trigger::env_vars(&p, &a.env, env);
     let regions: Vec<Option<&str>> =
         if env.regions.is_empty() { vec![None] } else { env.regions.iter().rev().map(|r| Some(r.as_str())).collect() };
@@ -497,19 +618,23 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
             break;
         }
         if let Some(reg) = region {
-            let _ = store
-                .with_index(|i| i.exec("DELETE FROM region_state WHERE env = ?1 AND region = ?2", &[&a.env, &reg]));
+            if let Err(e) = ledger.exec(Op::RegionClear { env: a.env.clone(), region: reg.to_string() }) {
+                console.note(&format!("warning: {e}"));
+            }
         }
     }
     let result = if failed.is_some() { "rollback-failed" } else { "rolled-back" };
-    let _ = store.with_index(|i| {
-        i.exec(
-            "INSERT INTO deploy_runs (id, env, release, who, started_at, finished_at, result, plan) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, '{}')",
-            &[&run_id, &a.env, &target, &deploy::actor(), &deploy::now_ms(), &result],
-        )
-    });
+    let finished = Op::RunResult {
+        id: run_id.clone(),
+        result: result.into(),
+        halt_reason: failed.as_ref().map(|r| format!("rollback failed in {r}")).unwrap_or_default(),
+        finished: true,
+    };
+    if let Err(e) = ledger.exec(finished) {
+        console.note(&format!("warning: the rollback's result was not recorded: {e}"));
+    }
     deploy::notify(&r, "rolled-back", &format!("{}: rolled back to {target}", a.env));
-    lease.release(&store);
+    lease.release(&ledger);
     match failed {
         None => Ok(()),
         Some(region) => Err(Error::StepFailed(format!("error: rollback failed in {region}"))),
@@ -549,6 +674,7 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
             branch: a.branch.clone(),
             break_glass: a.break_glass.clone(),
             approval: a.approval.clone(),
+            ledger: (&a.remote).into(),
         };
         start(&d, &console)?;
     }

@@ -156,7 +156,8 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
                 BTreeMap::new()
             }
         };
-        store = Some(s);
+        let s = std::sync::Arc::new(s);
+        store = Some(super::deploy::open_ledger(&(&args.remote).into(), &p, &s)?);
         states
     };
     evaluate_gates(&p, &g, &mut plan, &states, store.as_ref(), crate::deploy::now_ms() / 1000);
@@ -176,7 +177,7 @@ pub fn evaluate_gates(
     g: &Graph,
     plan: &mut RunPlan,
     states: &BTreeMap<usize, StepState>,
-    store: Option<&Store>,
+    ledger: Option<&crate::deploy::ledger::Ledger>,
     now_unix: i64,
 ) {
     use crate::plan::GateStatus;
@@ -199,7 +200,7 @@ pub fn evaluate_gates(
                 }
             }
         }
-        if unknown.is_empty() && store.is_some() {
+        if unknown.is_empty() && ledger.is_some() {
             e.release = Some(crate::deploy::release_hash(&e.name, &keys, e));
         }
         let (mut windows, mut freezes) = (env.windows.iter(), env.freezes.iter());
@@ -223,16 +224,16 @@ pub fn evaluate_gates(
                         Err(err) => (GateStatus::Closed, err),
                     }
                 }
-                "approval" => match (&e.release, store) {
-                    (Some(release), Some(store)) => {
+                "approval" => match (&e.release, ledger) {
+                    (Some(release), Some(ledger)) => {
                         let actor = crate::deploy::actor();
-                        match crate::deploy::approval_state(store, &e.name, env, release, &actor) {
+                        match crate::deploy::approval_state(ledger, &e.name, env, release, &actor) {
                             Ok(Ok(note)) => (GateStatus::Open, format!("release {release}: {note}")),
                             Ok(Err(why)) => (
                                 GateStatus::Closed,
                                 format!("release {release}: {why} (cairn approve {} --release {release})", e.name),
                             ),
-                            Err(err) => (GateStatus::Pending, format!("store unreadable: {err}")),
+                            Err(err) => (GateStatus::Pending, format!("unknown: {err}")),
                         }
                     }
                     _ if !unknown.is_empty() => (
@@ -342,6 +343,10 @@ pub fn to_text(plan: &RunPlan, g: &Graph, states: &BTreeMap<usize, StepState>) -
                 Phase::Migration { command } => writeln!(o, "  {:>2}. migrate: {command}", k + 1),
                 Phase::Switch { command } => {
                     writeln!(o, "  {:>2}. switch traffic: {command}", k + 1)
+                }
+                Phase::Shift { share, command, bake } => {
+                    let bake = bake.as_deref().map(|b| format!("; bake {b}")).unwrap_or_default();
+                    writeln!(o, "  {:>2}. {share}% of traffic [canary]: {command}{bake}", k + 1)
                 }
                 Phase::Deploy { region, wave, command, health, bake } => {
                     let r = region.as_deref().unwrap_or("(all)");

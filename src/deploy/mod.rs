@@ -18,14 +18,19 @@
 //! 5. **Resume**: `cairn deploy resume ENV` continues the newest unfinished run of that release at
 //!    its first unfinished phase; deploying a release again skips regions already running it.
 //!
+//! Approvals, leases, runs, the journal and region state live in the [`ledger`]: the local
+//! store, or `cairn serve` when a remote is configured, so CI runners share them.
+//!
 //! Secrets (e.g. `FLY_API_TOKEN`) reach the commands as environment variables and are masked in
 //! everything printed or recorded.
 
-use crate::cache::Store;
+pub mod ledger;
+
 use crate::exec::process::{self, Console, Exit};
 use crate::exec::secrets::Masker;
 use crate::model::{Environment, Pipeline, Probe};
 use crate::plan::trigger::{env_vars, render_env, EnvPlan, Phase};
+use ledger::{ApprovalRow, LeaseAnswer, Ledger, LedgerError, Op};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,10 +40,29 @@ use std::time::{Duration, Instant};
 /// Why a rollout stopped before the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HaltReason {
-    DeployFailed { region: String, detail: String },
-    Unhealthy { region: String, detail: String },
-    MigrationFailed { detail: String },
-    SwitchFailed { detail: String },
+    DeployFailed {
+        region: String,
+        detail: String,
+    },
+    Unhealthy {
+        region: String,
+        detail: String,
+    },
+    MigrationFailed {
+        detail: String,
+    },
+    SwitchFailed {
+        detail: String,
+    },
+    /// A traffic share failed its check; traffic went back to the old release.
+    CanaryFailed {
+        share: u8,
+        detail: String,
+    },
+    /// The ledger could not record a phase's start, so the phase did not start.
+    Ledger {
+        detail: String,
+    },
     Interrupted,
 }
 
@@ -49,6 +73,10 @@ impl std::fmt::Display for HaltReason {
             HaltReason::Unhealthy { region, detail } => write!(f, "{region} is unhealthy: {detail}"),
             HaltReason::MigrationFailed { detail } => write!(f, "the migration failed: {detail}"),
             HaltReason::SwitchFailed { detail } => write!(f, "switching traffic failed: {detail}"),
+            HaltReason::CanaryFailed { share, detail } => {
+                write!(f, "the canary at {share}% failed: {detail}; traffic moved back to 0%")
+            }
+            HaltReason::Ledger { detail } => write!(f, "the deploy ledger is unavailable: {detail}"),
             HaltReason::Interrupted => write!(f, "interrupted"),
         }
     }
@@ -64,6 +92,12 @@ pub enum DeployError {
     Usage(String),
     #[error("{0}")]
     Store(String),
+}
+
+impl From<LedgerError> for DeployError {
+    fn from(e: LedgerError) -> DeployError {
+        DeployError::Store(e.to_string())
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -190,27 +224,21 @@ pub struct GateInput<'a> {
 /// The approval gate of `release`: `Ok(Ok(note))` when a valid approval exists (who, and
 /// their comment), `Ok(Err(why))` when none does. No approval configured: always open.
 pub fn approval_state(
-    store: &Store,
+    ledger: &Ledger,
     env_name: &str,
     env: &Environment,
     release: &str,
     actor: &str,
 ) -> Result<Result<String, String>, DeployError> {
     let Some(a) = &env.approval else { return Ok(Ok("no approval required".into())) };
-    let mut rows = store
-        .with_index(|i| {
-            i.rows(
-                "SELECT approver, expires_at, comment, token FROM approvals WHERE env = ?1 AND release = ?2 ORDER BY at DESC",
-                &[&env_name, &release],
-            )
-        })
-        .map_err(|e| DeployError::Store(e.to_string()))?;
+    let mut rows: Vec<ApprovalRow> =
+        ledger.call(Op::Approvals { env: env_name.to_string(), release: release.to_string() })?;
     if !a.keys.is_empty() {
         // Only approvals whose signature still verifies, for exactly this row, count.
         let trusted = crate::keys::Trusted::parse(&a.keys).map_err(DeployError::Gate)?;
         rows.retain(|r| {
-            SignedApproval::verify(&r[3], &trusted).is_ok_and(|s| {
-                s.env == env_name && s.release == release && s.approver == r[0] && s.expires_at.to_string() == r[1]
+            SignedApproval::verify(&r.token, &trusted).is_ok_and(|s| {
+                s.env == env_name && s.release == release && s.approver == r.approver && s.expires_at == r.expires_at
             })
         });
         if rows.is_empty() {
@@ -219,17 +247,13 @@ pub fn approval_state(
     }
     let now = now_ms();
     let valid = rows.iter().find(|r| {
-        r[1].parse::<i64>().unwrap_or(0) > now
-            && a.reviewers.contains(&r[0])
-            && (a.allow_self_approval || r[0] != actor)
+        r.expires_at > now && a.reviewers.contains(&r.approver) && (a.allow_self_approval || r.approver != actor)
     });
     Ok(match valid {
-        Some(r) => Ok(format!("approved by {} ({})", r[0], r[2])),
+        Some(r) => Ok(format!("approved by {} ({})", r.approver, r.comment)),
         None if rows.is_empty() => Err("no approval for this release".to_string()),
-        None if rows.iter().all(|r| r[1].parse::<i64>().unwrap_or(0) <= now) => {
-            Err("its approval has expired".to_string())
-        }
-        None if rows.iter().any(|r| r[0] == actor) && !a.allow_self_approval => {
+        None if rows.iter().all(|r| r.expires_at <= now) => Err("its approval has expired".to_string()),
+        None if rows.iter().any(|r| r.approver == actor) && !a.allow_self_approval => {
             Err(format!("{actor} may not approve their own deploy"))
         }
         None => Err("no approval from a designated reviewer".to_string()),
@@ -275,7 +299,7 @@ impl SignedApproval {
 /// Check a signed approval for `env` and record it (with its token, which every later gate
 /// check verifies again).
 pub fn accept_signed_approval(
-    store: &Store,
+    ledger: &Ledger,
     env_name: &str,
     env: &Environment,
     token: &str,
@@ -295,19 +319,15 @@ pub fn accept_signed_approval(
     if !a.reviewers.contains(&s.approver) {
         return Err(refuse(format!("{} is not a reviewer of `{env_name}`", s.approver)));
     }
-    let now = now_ms();
-    store
-        .with_index(|i| {
-            i.exec(
-                "INSERT INTO approvals (env, release, approver, comment, at, expires_at, token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                &[&s.env, &s.release, &s.approver, &s.comment, &now, &s.expires_at, &token.trim()],
-            )?;
-            i.exec(
-                "INSERT INTO audit (at, env, who, action, detail) VALUES (?1, ?2, ?3, 'approve', ?4)",
-                &[&now, &s.env, &s.approver, &format!("signed approval of release {}", s.release)],
-            )
-        })
-        .map_err(|e| DeployError::Store(e.to_string()))?;
+    ledger.exec(Op::Approve {
+        env: s.env.clone(),
+        release: s.release.clone(),
+        approver: s.approver.clone(),
+        comment: s.comment.clone(),
+        expires_at: s.expires_at,
+        token: token.trim().to_string(),
+        audit: format!("signed approval of release {}", s.release),
+    })?;
     Ok(s)
 }
 
@@ -328,22 +348,25 @@ pub fn closed_now(env: &Environment, now_unix: i64) -> Result<Vec<String>, Strin
     Ok(closed)
 }
 
+/// Whether the environment deploys from `branch` (no branch policy: any).
+pub fn branch_allowed(env: &Environment, branch: Option<&str>) -> bool {
+    env.branches.is_empty()
+        || branch.is_some_and(|b| env.branches.iter().any(|p| crate::plan::trigger::branch_matches(p, b)))
+}
+
 /// Check every gate; `Err` says which is closed and what to do.
-pub fn check_gates(store: &Store, g: &GateInput) -> Result<Vec<String>, DeployError> {
+pub fn check_gates(ledger: &Ledger, g: &GateInput) -> Result<Vec<String>, DeployError> {
     let mut notes = Vec::new();
-    if !g.env.branches.is_empty() {
-        let ok = g.branch.is_some_and(|b| g.env.branches.iter().any(|p| crate::plan::trigger::branch_matches(p, b)));
-        if !ok {
-            return Err(DeployError::Gate(format!(
-                "error: `{}` deploys only from {}; this is {}\n  hint: deploy from an allowed branch (pass --branch if cairn guessed wrong)",
-                g.env_name,
-                g.env.branches.join(", "),
-                g.branch.map(|b| format!("`{b}`")).unwrap_or_else(|| "no branch".into())
-            )));
-        }
+    if !branch_allowed(g.env, g.branch) {
+        return Err(DeployError::Gate(format!(
+            "error: `{}` deploys only from {}; this is {}\n  hint: deploy from an allowed branch (pass --branch if cairn guessed wrong)",
+            g.env_name,
+            g.env.branches.join(", "),
+            g.branch.map(|b| format!("`{b}`")).unwrap_or_else(|| "no branch".into())
+        )));
     }
     if let Some(a) = &g.env.approval {
-        match approval_state(store, g.env_name, g.env, g.release, g.actor)? {
+        match approval_state(ledger, g.env_name, g.env, g.release, g.actor)? {
             Ok(note) => notes.push(note),
             Err(why) => {
                 return Err(DeployError::Gate(format!(
@@ -385,13 +408,34 @@ pub struct Lease {
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Wait out a bake time (Ctrl-C ends it early; the rollout then halts before the next phase).
+fn bake_for(bake: Option<&str>) {
+    if let Some(b) = bake.and_then(|b| crate::model::Dur::parse(b).ok()) {
+        let until = Instant::now() + b.0;
+        while Instant::now() < until && !process::interrupted() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The regions a traffic canary watches: those deployed in the canary wave.
+fn canary_regions(plan: &EnvPlan) -> Vec<Option<String>> {
+    plan.phases
+        .iter()
+        .filter_map(|p| match p {
+            Phase::Deploy { region, wave, .. } if wave == "canary" => Some(region.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
 /// Take the environment's lease, waiting in line while another live deploy holds it.
 pub fn acquire_lease(
-    store: &Arc<Store>,
+    ledger: &Ledger,
     env: &str,
     run_id: &str,
     who: &str,
@@ -401,64 +445,57 @@ pub fn acquire_lease(
     let ttl_ms = ttl.as_millis() as i64;
     let mut announced = false;
     loop {
-        let now = now_ms();
-        let got = store
-            .with_index(|i| {
-                i.immediate(|i| {
-                    i.exec(
-                        "INSERT OR IGNORE INTO lease_queue (env, run_id, since, seen) VALUES (?1, ?2, ?3, ?3)",
-                        &[&env, &run_id, &now],
-                    )?;
-                    i.exec("UPDATE lease_queue SET seen = ?3 WHERE env = ?1 AND run_id = ?2", &[&env, &run_id, &now])?;
-                    // Waiters that stopped polling have left the line.
-                    i.exec("DELETE FROM lease_queue WHERE env = ?1 AND seen < ?2", &[&env, &(now - 10_000)])?;
-                    let holder = i.rows("SELECT run_id, holder, expires_at FROM leases WHERE env = ?1", &[&env])?;
-                    let free = holder.first().is_none_or(|h| h[2].parse::<i64>().unwrap_or(0) <= now);
-                    let first = i.rows("SELECT run_id FROM lease_queue WHERE env = ?1 ORDER BY since, run_id LIMIT 1", &[&env])?;
-                    let my_turn = first.first().is_some_and(|r| r[0] == run_id);
-                    if free && my_turn {
-                        i.exec(
-                            "INSERT OR REPLACE INTO leases (env, holder, run_id, host, pid, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                            &[&env, &who, &run_id, &host(), &(std::process::id() as i64), &now, &(now + ttl_ms)],
-                        )?;
-                        i.exec("DELETE FROM lease_queue WHERE env = ?1 AND run_id = ?2", &[&env, &run_id])?;
-                        return Ok(None);
-                    }
-                    Ok(Some(holder.first().map(|h| h[1].clone()).unwrap_or_else(|| "an earlier run".into())))
-                })
-            })
-            .map_err(|e| DeployError::Store(e.to_string()))?;
-        match got {
-            None => break,
-            Some(holder) => {
-                if !announced {
-                    console.note(&format!("cairn: `{env}` is being deployed by {holder}; waiting for the lease"));
-                    announced = true;
-                }
-                if process::interrupted() {
-                    let _ = store.with_index(|i| {
-                        i.exec("DELETE FROM lease_queue WHERE env = ?1 AND run_id = ?2", &[&env, &run_id])
-                    });
-                    return Err(DeployError::Halted("interrupted while waiting for the lease".into()));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+        let answer: LeaseAnswer = ledger.call(Op::LeaseTry {
+            env: env.to_string(),
+            run_id: run_id.to_string(),
+            holder: who.to_string(),
+            host: host(),
+            pid: i64::from(std::process::id()),
+            ttl_ms,
+        })?;
+        if answer.acquired {
+            break;
         }
+        if !announced {
+            let holder = answer.holder.unwrap_or_else(|| "an earlier run".into());
+            console.note(&format!("cairn: `{env}` is being deployed by {holder}; waiting for the lease"));
+            announced = true;
+        }
+        if process::interrupted() {
+            let _ = ledger.exec(Op::LeaseLeave { env: env.to_string(), run_id: run_id.to_string() });
+            return Err(DeployError::Halted("interrupted while waiting for the lease".into()));
+        }
+        std::thread::sleep(if ledger.is_shared() { Duration::from_millis(500) } else { Duration::from_millis(200) });
     }
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = {
-        let (store, env, run_id, stop) = (store.clone(), env.to_string(), run_id.to_string(), stop.clone());
+        let (ledger, env, run_id, stop) = (ledger.clone(), env.to_string(), run_id.to_string(), stop.clone());
         std::thread::spawn(move || {
             let beat = (ttl / 3).max(Duration::from_millis(100));
+            let mut warned = false;
             while !stop.load(Ordering::SeqCst) {
                 let until = Instant::now() + beat;
                 while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                let exp = now_ms() + ttl_ms;
-                let _ = store.with_index(|i| {
-                    i.exec("UPDATE leases SET expires_at = ?3 WHERE env = ?1 AND run_id = ?2", &[&env, &run_id, &exp])
-                });
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // A lost heartbeat never cancels the running phase (a production deploy is
+                // not cut midway); it is said once, loudly.
+                let renewed: Result<bool, _> =
+                    ledger.call(Op::LeaseRenew { env: env.clone(), run_id: run_id.clone(), ttl_ms });
+                let problem = match renewed {
+                    Ok(true) => None,
+                    Ok(false) => Some(format!("the lease of `{env}` was broken (cairn lock release --force)")),
+                    Err(e) => Some(format!("could not renew the lease of `{env}`: {e}")),
+                };
+                if let Some(p) = problem {
+                    if !warned {
+                        eprintln!("warning: {p}; this deploy goes on, but another may start");
+                        warned = true;
+                    }
+                }
             }
         })
     };
@@ -466,13 +503,12 @@ pub fn acquire_lease(
 }
 
 impl Lease {
-    pub fn release(mut self, store: &Store) {
+    pub fn release(mut self, ledger: &Ledger) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.heartbeat.take() {
             let _ = h.join();
         }
-        let _ = store
-            .with_index(|i| i.exec("DELETE FROM leases WHERE env = ?1 AND run_id = ?2", &[&self.env, &self.run_id]));
+        let _ = ledger.exec(Op::LeaseRelease { env: self.env.clone(), run_id: self.run_id.clone() });
     }
 }
 
@@ -484,7 +520,7 @@ pub struct Runner<'a> {
     pub env_name: &'a str,
     pub env: &'a Environment,
     pub root: PathBuf,
-    pub store: Arc<Store>,
+    pub ledger: Ledger,
     pub console: &'a Console,
     pub masker: Masker,
     pub secret_env: BTreeMap<String, String>,
@@ -492,21 +528,41 @@ pub struct Runner<'a> {
     pub run_id: String,
 }
 
-fn journal(store: &Store, run_id: &str, phase: usize, what: &str, state: &str, detail: &str) {
-    let _ = store.with_index(|i| {
-        let seq: i64 = i
-            .rows("SELECT COALESCE(MAX(seq), 0) + 1 FROM deploy_journal WHERE run_id = ?1", &[&run_id])
-            .ok()
-            .and_then(|r| r.first().and_then(|r| r[0].parse().ok()))
-            .unwrap_or(1);
-        i.exec(
-            "INSERT INTO deploy_journal (run_id, seq, at, phase, what, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            &[&run_id, &seq, &now_ms(), &(phase as i64), &what, &state, &detail],
-        )
-    });
-}
-
 impl Runner<'_> {
+    /// Write a transition to the journal. A failed write is a warning, except for a phase's
+    /// start: a phase whose start can't be recorded does not start (`Err`), so the journal
+    /// never misses something that happened.
+    fn journal(&self, phase: usize, what: &str, state: &str, detail: &str) -> Result<(), HaltReason> {
+        let op = Op::Journal {
+            run_id: self.run_id.clone(),
+            phase: phase as i64,
+            what: what.to_string(),
+            state: state.to_string(),
+            detail: self.masker.mask(detail),
+        };
+        match self.ledger.exec(op) {
+            Ok(()) => Ok(()),
+            Err(e) if state == "started" => {
+                Err(HaltReason::Ledger { detail: format!("could not record `{what}`: {e}") })
+            }
+            Err(e) => {
+                self.console.note(&format!("warning: could not record `{what}` {state}: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    fn set_region(&self, region: &str, release: Option<&str>) {
+        let (env, region) = (self.env_name.to_string(), region.to_string());
+        let op = match release {
+            Some(r) => Op::RegionSet { env, region, release: r.to_string() },
+            None => Op::RegionClear { env, region },
+        };
+        if let Err(e) = self.ledger.exec(op) {
+            self.console.note(&format!("warning: {e}"));
+        }
+    }
+
     fn env_for_commands(&self) -> BTreeMap<String, String> {
         let mut env = process::base_env([]);
         env.extend(self.secret_env.clone());
@@ -600,21 +656,15 @@ impl Runner<'_> {
         let vars = env_vars(self.pipeline, self.env_name, self.env);
         let cmd = render_env(rb, &vars, region, &self.release);
         let what = format!("rollback {}", region.unwrap_or("(all)"));
-        journal(&self.store, &self.run_id, phase, &what, "started", "");
+        // A rollback is a repair: it runs even when its start can't be recorded.
+        let _ = self.journal(phase, &what, "started", "");
         let r = self.run_cmd("rollback", &cmd, Some(Duration::from_secs(900)));
-        journal(
-            &self.store,
-            &self.run_id,
-            phase,
-            &what,
-            if r.is_ok() { "done" } else { "failed" },
-            &r.err().unwrap_or_default(),
-        );
+        // Not "done": the phase's last word is that it was undone, so a resume deploys it again.
+        let state = if r.is_ok() { "rolled-back" } else { "rollback-failed" };
+        let _ = self.journal(phase, &what, state, &r.err().unwrap_or_default());
         notify(self, "rolled-back", &format!("{} rolled back in {}", self.env_name, region.unwrap_or("all regions")));
         if let Some(r) = region {
-            let _ = self.store.with_index(|i| {
-                i.exec("DELETE FROM region_state WHERE env = ?1 AND region = ?2", &[&self.env_name, &r])
-            });
+            self.set_region(r, None);
         }
     }
 
@@ -635,31 +685,20 @@ impl Runner<'_> {
                     let label = r.unwrap_or("deploy").to_string();
                     // Skip a region already running this release.
                     if let Some(reg) = r {
-                        let cur = self
-                            .store
-                            .with_index(|i| {
-                                i.rows(
-                                    "SELECT release FROM region_state WHERE env = ?1 AND region = ?2",
-                                    &[&self.env_name, &reg],
-                                )
-                            })
+                        let cur: Option<String> = self
+                            .ledger
+                            .call(Op::RegionRelease { env: self.env_name.to_string(), region: reg.to_string() })
                             .unwrap_or_default();
-                        if cur.first().is_some_and(|x| x[0] == self.release) {
+                        if cur.as_deref() == Some(self.release.as_str()) {
                             self.console.note(&format!("cairn: {reg} already runs release {}; skipped", self.release));
-                            journal(
-                                &self.store,
-                                &self.run_id,
-                                k,
-                                &format!("deploy {reg}"),
-                                "skipped",
-                                "already running this release",
-                            );
+                            let _ =
+                                self.journal(k, &format!("deploy {reg}"), "skipped", "already running this release");
                             completed_regions.push((k, Some(reg.to_string())));
                             continue;
                         }
                     }
                     let what = format!("deploy {label}");
-                    journal(&self.store, &self.run_id, k, &what, "started", "");
+                    self.journal(k, &what, "started", "")?;
                     notify(
                         self,
                         "region-started",
@@ -667,32 +706,22 @@ impl Runner<'_> {
                     );
                     let cmd = render_env(&self.env.deploy, &vars, r, &self.release);
                     if let Err(e) = self.run_cmd(&label, &cmd, Some(Duration::from_secs(3600))) {
-                        journal(&self.store, &self.run_id, k, &what, "failed", &e);
+                        let _ = self.journal(k, &what, "failed", &e);
                         notify(self, "region-failed", &format!("{} {label}: deploy failed: {e}", self.env_name));
                         self.fail_policy(k, r, &completed_regions);
                         return Err(HaltReason::DeployFailed { region: label, detail: e });
                     }
                     if let Err(e) = self.health(r) {
-                        journal(&self.store, &self.run_id, k, &what, "failed", &e);
+                        let _ = self.journal(k, &what, "failed", &e);
                         notify(self, "region-failed", &format!("{} {label}: {e}", self.env_name));
                         self.fail_policy(k, r, &completed_regions);
                         return Err(HaltReason::Unhealthy { region: label, detail: e });
                     }
-                    if let Some(b) = bake.as_deref().and_then(|b| crate::model::Dur::parse(b).ok()) {
-                        let until = Instant::now() + b.0;
-                        while Instant::now() < until && !process::interrupted() {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
+                    bake_for(bake.as_deref());
                     if let Some(reg) = r {
-                        let _ = self.store.with_index(|i| {
-                            i.exec(
-                                "INSERT OR REPLACE INTO region_state (env, region, release, at) VALUES (?1, ?2, ?3, ?4)",
-                                &[&self.env_name, &reg, &self.release, &now_ms()],
-                            )
-                        });
+                        self.set_region(reg, Some(&self.release));
                     }
-                    journal(&self.store, &self.run_id, k, &what, "done", "");
+                    let _ = self.journal(k, &what, "done", "");
                     notify(
                         self,
                         "region-healthy",
@@ -700,11 +729,18 @@ impl Runner<'_> {
                     );
                     completed_regions.push((k, r.map(String::from)));
                 }
-                Phase::Migration { command } => {
-                    journal(&self.store, &self.run_id, k, "migrate", "started", "");
+                Phase::Migration { .. } => {
+                    self.journal(k, "migrate", "started", "")?;
                     let timeout = self.env.migration.as_ref().and_then(|m| m.timeout).map(|d| d.0);
-                    if let Err(e) = self.run_cmd("migrate", command, timeout) {
-                        journal(&self.store, &self.run_id, k, "migrate", "failed", &e);
+                    // Rendered now: the plan's copy names the release as a placeholder.
+                    let command = self
+                        .env
+                        .migration
+                        .as_ref()
+                        .map(|m| render_env(&m.run, &vars, None, &self.release))
+                        .unwrap_or_default();
+                    if let Err(e) = self.run_cmd("migrate", &command, timeout) {
+                        let _ = self.journal(k, "migrate", "failed", &e);
                         notify(
                             self,
                             "migration-failed",
@@ -712,20 +748,79 @@ impl Runner<'_> {
                         );
                         return Err(HaltReason::MigrationFailed { detail: e });
                     }
-                    journal(&self.store, &self.run_id, k, "migrate", "done", "");
+                    let _ = self.journal(k, "migrate", "done", "");
                     notify(self, "migration-done", &format!("{}: migration done", self.env_name));
                 }
-                Phase::Switch { command } => {
-                    journal(&self.store, &self.run_id, k, "switch", "started", "");
-                    if let Err(e) = self.run_cmd("switch", command, Some(Duration::from_secs(900))) {
-                        journal(&self.store, &self.run_id, k, "switch", "failed", &e);
+                Phase::Switch { .. } => {
+                    self.journal(k, "switch", "started", "")?;
+                    let command = match &self.env.strategy {
+                        crate::model::Strategy::BlueGreen(bg) => {
+                            render_env(&bg.switch, &vars, self.env.regions.first().map(String::as_str), &self.release)
+                        }
+                        _ => String::new(),
+                    };
+                    if let Err(e) = self.run_cmd("switch", &command, Some(Duration::from_secs(900))) {
+                        let _ = self.journal(k, "switch", "failed", &e);
                         return Err(HaltReason::SwitchFailed { detail: e });
                     }
-                    journal(&self.store, &self.run_id, k, "switch", "done", "");
+                    let _ = self.journal(k, "switch", "done", "");
+                }
+                Phase::Shift { share, bake, .. } => {
+                    let what = format!("shift {share}%");
+                    self.journal(k, &what, "started", "")?;
+                    let watched = canary_regions(plan);
+                    let r = self
+                        .run_cmd("canary", &self.shift_command(*share), Some(Duration::from_secs(900)))
+                        .and_then(|()| watched.iter().try_for_each(|reg| self.health(reg.as_deref())));
+                    if let Err(e) = r {
+                        let _ = self.journal(k, &what, "failed", &e);
+                        notify(self, "canary-failed", &format!("{}: canary at {share}% failed: {e}", self.env_name));
+                        self.shift_back(plan, k);
+                        return Err(HaltReason::CanaryFailed { share: *share, detail: e });
+                    }
+                    bake_for(bake.as_deref());
+                    let _ = self.journal(k, &what, "done", "");
+                    notify(
+                        self,
+                        "traffic-shifted",
+                        &format!("{}: {share}% of traffic on release {}", self.env_name, self.release),
+                    );
                 }
             }
         }
         Ok(())
+    }
+
+    /// The canary's `shift` command for `share` percent.
+    fn shift_command(&self, share: u8) -> String {
+        let crate::model::Strategy::Canary(c) = &self.env.strategy else { return String::new() };
+        let mut vars = env_vars(self.pipeline, self.env_name, self.env);
+        vars.insert("share".into(), share.to_string());
+        render_env(
+            c.shift.as_deref().unwrap_or_default(),
+            &vars,
+            self.env.regions.first().map(String::as_str),
+            &self.release,
+        )
+    }
+
+    /// A failed share sends all traffic back (`shift` at 0) and marks the shares already
+    /// reached as reverted, so a resume climbs again from the first share.
+    fn shift_back(&self, plan: &EnvPlan, failed: usize) {
+        let _ = self.journal(failed, "shift 0%", "started", "");
+        let r = self.run_cmd("canary", &self.shift_command(0), Some(Duration::from_secs(900)));
+        let _ = self.journal(
+            failed,
+            "shift 0%",
+            if r.is_ok() { "rolled-back" } else { "rollback-failed" },
+            &r.clone().err().unwrap_or_default(),
+        );
+        for (k, ph) in plan.phases.iter().enumerate().take(failed) {
+            if let Phase::Shift { share, .. } = ph {
+                let _ = self.journal(k, &format!("shift {share}%"), "reverted", "traffic moved back to 0%");
+            }
+        }
+        notify(self, "rolled-back", &format!("{}: canary traffic moved back to 0%", self.env_name));
     }
 
     fn fail_policy(&self, phase: usize, failed: Option<&str>, completed: &[(usize, Option<String>)]) {

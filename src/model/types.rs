@@ -596,9 +596,20 @@ impl Strategy {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Canary {
-    /// Regions deployed first.
+    /// Regions deployed first (with `shares`, may be empty: every region is the canary).
+    #[serde(default)]
     pub first: Vec<String>,
+    /// How long each canary step is watched.
     pub bake: Dur,
+    /// Traffic shares in percent, rising (e.g. `[10, 50]`): after the canary regions are
+    /// deployed, `shift` moves each share of traffic to the new release, which is checked and
+    /// baked at each, then at 100. A failing share moves traffic back (`shift` with share 0).
+    #[serde(default)]
+    pub shares: Vec<u8>,
+    /// Command that sends `{share}` percent of traffic to the new release (placeholders as
+    /// in `deploy`, plus `{share}`).
+    #[serde(default)]
+    pub shift: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -674,6 +685,8 @@ pub const DEPLOY_EVENTS: &[&str] = &[
     "region-failed",
     "migration-done",
     "migration-failed",
+    "traffic-shifted",
+    "canary-failed",
     "rolled-back",
     "finished",
 ];

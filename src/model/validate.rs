@@ -305,13 +305,46 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
                 for r in &canary.first {
                     c.reference(name, "region", r, &regions, "list it in `regions`");
                 }
-                if canary.first.is_empty() {
+                if canary.first.is_empty() && canary.shares.is_empty() {
                     let at = loc.definition(name);
                     c.push(
                         at,
-                        format!("canary of `{name}` names no first regions"),
-                        Some("set `first: [\"nrt\"]`".into()),
+                        format!("canary of `{name}` names no first regions and no traffic shares"),
+                        Some("set `first: [\"nrt\"]`, or `shares: [10, 50]` with a `shift` command".into()),
                     );
+                }
+                let rising = canary.shares.windows(2).all(|w| w[0] < w[1]);
+                if !rising || canary.shares.iter().any(|s| *s == 0 || *s >= 100) {
+                    let at = loc.definition(name);
+                    c.push(
+                        at,
+                        format!("canary shares of `{name}` must rise strictly between 1 and 99: {:?}", canary.shares),
+                        Some("100 is implied as the last step; write e.g. `shares: [10, 50]`".into()),
+                    );
+                }
+                match (&canary.shift, canary.shares.is_empty()) {
+                    (Some(_), true) => {
+                        let at = loc.definition(name);
+                        c.push(
+                            at,
+                            format!("canary of `{name}` has a `shift` command but no traffic shares"),
+                            Some("add `shares: [10, 50]`, or remove `shift`".into()),
+                        );
+                    }
+                    (Some(shift), false) => {
+                        let mut with_share = regional.clone();
+                        with_share.insert("share".into());
+                        c.template(name, "shift", shift, &with_share);
+                    }
+                    (None, false) => {
+                        let at = loc.definition(name);
+                        c.push(
+                            at,
+                            format!("canary of `{name}` has traffic shares but no `shift` command"),
+                            Some("add `shift: \"./ops/traffic.sh {app} {release} {share}\"`".into()),
+                        );
+                    }
+                    (None, true) => {}
                 }
             }
             super::Strategy::BlueGreen(bg) => {

@@ -84,9 +84,26 @@ pub struct Gate {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Phase {
-    Migration { command: String },
-    Deploy { region: Option<String>, wave: String, command: String, health: Option<String>, bake: Option<String> },
-    Switch { command: String },
+    Migration {
+        command: String,
+    },
+    Deploy {
+        region: Option<String>,
+        wave: String,
+        command: String,
+        health: Option<String>,
+        bake: Option<String>,
+    },
+    Switch {
+        command: String,
+    },
+    /// A traffic-share canary step: `share` percent of traffic to the new release, checked
+    /// and baked.
+    Shift {
+        share: u8,
+        command: String,
+        bake: Option<String>,
+    },
 }
 
 /// Shell-style glob match of a branch name (`*` matches within a segment, `**` across).
@@ -296,19 +313,29 @@ pub fn plan_environment(
             }
         }
         Strategy::Canary(c) => {
-            for r in &regions {
-                if r.is_some_and(|r| c.first.iter().any(|f| f == r)) {
-                    let mut ph = deploy_phase(*r, "canary");
-                    if let Phase::Deploy { bake, .. } = &mut ph {
-                        *bake = Some(c.bake.to_string());
-                    }
-                    phases.push(ph);
+            // Without `first`, a traffic canary's canary is every region.
+            let is_first = |r: &Option<&str>| c.first.is_empty() || r.is_some_and(|r| c.first.iter().any(|f| f == r));
+            for r in regions.iter().filter(|r| is_first(r)) {
+                let mut ph = deploy_phase(*r, "canary");
+                if let Phase::Deploy { bake, .. } = &mut ph {
+                    // With traffic shares, each share is baked instead.
+                    *bake = c.shares.is_empty().then(|| c.bake.to_string());
+                }
+                phases.push(ph);
+            }
+            if let Some(shift) = c.shift.as_deref().filter(|_| !c.shares.is_empty()) {
+                for share in c.shares.iter().copied().chain([100]) {
+                    let mut v = vars.clone();
+                    v.insert("share".into(), share.to_string());
+                    phases.push(Phase::Shift {
+                        share,
+                        command: render_env(shift, &v, regions[0], release),
+                        bake: (share < 100).then(|| c.bake.to_string()),
+                    });
                 }
             }
-            for r in &regions {
-                if !r.is_some_and(|r| c.first.iter().any(|f| f == r)) {
-                    phases.push(deploy_phase(*r, "widen"));
-                }
+            for r in regions.iter().filter(|r| !is_first(r)) {
+                phases.push(deploy_phase(*r, "widen"));
             }
         }
         Strategy::BlueGreen(bg) => {

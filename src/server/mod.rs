@@ -1,7 +1,9 @@
 //! `cairn serve`: a remote cache speaking the Turborepo remote-cache HTTP API v8.
 //!
 //! Endpoints: `PUT`/`GET`/`HEAD /v8/artifacts/{hash}`, `GET /v8/artifacts/status`,
-//! `POST /v8/artifacts/events`, and the batch query `POST /v8/artifacts`. The namespace of an
+//! `POST /v8/artifacts/events`, and the batch query `POST /v8/artifacts`. cairn's own: the step
+//! index `GET /v8/artifacts/steps/{id}` and the deploy ledger `POST /v8/cairn/ledger`
+//! ([`crate::deploy::ledger`]: approvals, leases, runs and the journal, shared by CI runners). The namespace of an
 //! artifact is the `teamId`, `slug` or `team` query parameter (in that order), else `default`.
 //!
 //! # Guarantees
@@ -71,6 +73,8 @@ struct AppState {
     opts: ServeOptions,
     lru: Mutex<Lru>,
     events: Mutex<(u64, u64)>,
+    /// Each namespace's deploy ledger, opened on first use.
+    ledgers: Mutex<HashMap<String, Arc<Mutex<crate::cache::index::Index>>>>,
 }
 
 type Shared = Arc<AppState>;
@@ -536,6 +540,56 @@ async fn query(
     (StatusCode::OK, [("content-type", "application/json")], serde_json::Value::Object(out).to_string()).into_response()
 }
 
+/// The namespace's deploy ledger database, `.ledger/{blake3(namespace)}.sqlite` in the store
+/// directory (also with `--s3`: a ledger needs transactions, which a bucket doesn't have).
+fn ledger_of(st: &AppState, ns: &str) -> Result<Arc<Mutex<crate::cache::index::Index>>, String> {
+    let mut all = st.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(l) = all.get(ns) {
+        return Ok(l.clone());
+    }
+    let dir = st.opts.store.join(".ledger");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{}.sqlite", &blake3::hash(ns.as_bytes()).to_hex()[..32]));
+    let index = crate::cache::index::Index::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let l = Arc::new(Mutex::new(index));
+    all.insert(ns.to_string(), l.clone());
+    Ok(l)
+}
+
+/// `POST /v8/cairn/ledger`: one deploy-ledger operation ([`crate::deploy::ledger::Op`] as JSON),
+/// run in one transaction by the server's clock. Reads need a read token, the rest a write token.
+async fn ledger_op(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ns = match access(&st, &q, &headers, Scope::Read) {
+        Ok(ns) => ns,
+        Err(r) => return r,
+    };
+    let op: crate::deploy::ledger::Op = match serde_json::from_slice(&body) {
+        Ok(op) => op,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("not a ledger operation: {e}")),
+    };
+    if !op.is_read() {
+        if let Err(r) = authorize(&st, &headers, &ns, Scope::Write) {
+            return r;
+        }
+    }
+    let answer = tokio::task::spawn_blocking(move || {
+        let ledger = ledger_of(&st, &ns)?;
+        let mut index = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        crate::deploy::ledger::apply(&mut index, &op, crate::cache::now_ms()).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match answer {
+        Ok(v) => (StatusCode::OK, [("content-type", "application/json")], v.to_string()).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "ledger", &e),
+    }
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/v8/artifacts/status", get(status))
@@ -543,6 +597,7 @@ fn router(state: Shared) -> Router {
         .route("/v8/artifacts", post(query))
         .route("/v8/artifacts/{hash}", get(get_artifact).head(get_artifact).put(put_artifact))
         .route("/v8/artifacts/steps/{id}", get(latest_for_step))
+        .route("/v8/cairn/ledger", post(ledger_op))
         .with_state(state)
 }
 
@@ -585,6 +640,7 @@ pub fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> std::io::Res
             lru: Mutex::new(Lru { items: HashMap::new(), total: 0 }),
             opts,
             events: Mutex::new((0, 0)),
+            ledgers: Mutex::new(HashMap::new()),
         });
         {
             let mut l = state.lru.lock().unwrap_or_else(|p| p.into_inner());

@@ -474,12 +474,12 @@ fn deploy_events_reach_a_real_webhook_and_metric_endpoint_in_order() {
         .replace("lock_ttl:", &notify);
     p.write("pipelines/test.ron", &text);
     p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
-    approve(&p);
     let slack = format!("{url}/services/T000/B000/secret-hook-path");
-    let r = p.run_with(
-        &["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"],
-        &[("TEST_SLACK_URL", &slack), ("TEST_DD_KEY", "dd-key-5e3f")],
-    );
+    let hooks = [("TEST_SLACK_URL", slack.as_str()), ("TEST_DD_KEY", "dd-key-5e3f")];
+    let deploy_args = ["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"];
+    p.run_with(&deploy_args, &hooks).code(5);
+    p.run_with(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead"], &hooks).ok();
+    let r = p.run_with(&deploy_args, &hooks);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let got = got.lock().unwrap().clone();
     let slack_events: Vec<String> = got
@@ -491,6 +491,7 @@ fn deploy_events_reach_a_real_webhook_and_metric_endpoint_in_order() {
         .collect();
     let first =
         |e: &str| slack_events.iter().position(|x| x == e).unwrap_or_else(|| panic!("no {e}: {slack_events:?}"));
+    assert_eq!(slack_events[..4], ["awaiting-approval", "approved", "queued", "region-started"], "{slack_events:?}");
     assert!(first("region-started") < first("region-healthy"), "{slack_events:?}");
     assert!(first("region-healthy") < first("migration-done"), "{slack_events:?}");
     assert_eq!(slack_events.last().map(String::as_str), Some("finished"), "{slack_events:?}");
@@ -509,4 +510,207 @@ fn deploy_events_reach_a_real_webhook_and_metric_endpoint_in_order() {
         assert!(!out.contains(secret), "{secret} leaked into cairn's output");
         assert!(got.iter().all(|(_, _, b)| !b.contains(secret)), "{secret} leaked into a notification");
     }
+}
+
+/// Two CI runners (separate checkouts and stores) sharing one `cairn serve`: one lease, the
+/// approvals, the region state and the journal live on the server.
+#[test]
+fn runners_sharing_a_server_share_the_lease_approvals_and_journal() {
+    let server = crate::suite::remote::Server::start(&[]);
+    let fly = Fly::new("0.6");
+    let text = pipeline(health_server(), "");
+    let runner = |actor: &str| {
+        let p = Project::new()
+            .pipeline(&text)
+            .env("PATH", &fly.path_env())
+            .env("TEST_FLY_TOKEN", TOKEN)
+            .env("CAIRN_ACTOR", actor)
+            .env("CAIRN_REMOTE", &server.url)
+            .env("CAIRN_TOKEN", crate::suite::remote::WRITER)
+            .env("CAIRN_NAMESPACE", "demo");
+        p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+        p
+    };
+    let (a, b) = (runner("runner-a"), runner("runner-b"));
+    let local = [("CAIRN_REMOTE", "")];
+
+    // An approval given on one machine opens the gate on another, and only through the server.
+    a.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "lead"]).ok();
+    let alone = b.run_with(&["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"], &local);
+    assert_eq!(alone.code, 5, "without the server there is no approval: {}", alone.stderr);
+
+    // Both deploy at once: one lease, so the second waits, then finds every region on the release.
+    let spawn = |p: &Project| {
+        p.command(&["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn(&a);
+    let t = Instant::now();
+    let status = loop {
+        let s = b.run(&["lock", "status", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+        if s.contains("held by") || t.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.contains("held by runner-a") && status.contains("shared ledger"), "{status}");
+    let second = spawn(&b);
+    let (ra, rb) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    let rb_err = String::from_utf8_lossy(&rb.stderr);
+    assert!(ra.status.success() && rb.status.success(), "{}\n{rb_err}", String::from_utf8_lossy(&ra.stderr));
+    assert!(rb_err.contains("being deployed by runner-a; waiting for the lease"), "{rb_err}");
+    assert!(rb_err.contains("nrt already runs release"), "region state is shared: {rb_err}");
+    let deploys = kinds(&fly.calls()).iter().filter(|k| k.starts_with("deploy")).count();
+    assert_eq!(deploys, 3, "each region deployed once: {:?}", fly.calls());
+
+    // A new release halts at fra on runner A; runner B resumes it at fra from the shared journal.
+    for p in [&a, &b] {
+        p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo v2"));
+        p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    }
+    b.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "cto"]).ok();
+    fly.fail("automata-signal-fra", true);
+    let before = fly.calls().len();
+    a.run(&["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"]).code(1);
+    fly.fail("automata-signal-fra", false);
+    let r = b.run(&["deploy", "resume", "production", "-p", "pipelines/test.ron", "--branch", "main"]).ok();
+    assert!(r.stderr.contains("resuming run"), "{}", r.stderr);
+    assert_eq!(
+        kinds(&fly.calls())[before..],
+        [
+            "deploy automata-signal-nrt",
+            "deploy automata-signal-fra",
+            "releases rollback automata-signal-fra",
+            "deploy automata-signal-fra",
+            "deploy automata-signal-syd",
+            "ssh console automata-signal-nrt"
+        ],
+        "resumed at fra on the other runner"
+    );
+    let h = a.run(&["deploy", "history", "production", "-p", "pipelines/test.ron"]).ok().stdout;
+    assert_eq!(h.lines().filter(|l| l.contains("succeeded")).count(), 3, "{h}");
+    assert!(h.contains("by runner-a") && h.contains("by runner-b"), "{h}");
+    let h = a.run_with(&["deploy", "history", "production", "-p", "pipelines/test.ron"], &local).ok().stdout;
+    assert!(h.contains("no deploys"), "nothing was kept locally: {h}");
+    assert!(server.store.path().join(".ledger").is_dir());
+
+    // A read token can look but not deploy; an unreachable server stops the deploy before it starts.
+    let r = a.run_with(
+        &["lock", "release", "production", "-p", "pipelines/test.ron", "--force", "--reason", "x"],
+        &[("CAIRN_TOKEN", crate::suite::remote::READER)],
+    );
+    assert!(r.code != 0 && r.stderr.contains("HTTP 403"), "{}", r.stderr);
+    let calls = fly.calls().len();
+    let r = a.run_with(
+        &["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"],
+        &[("CAIRN_REMOTE", "http://127.0.0.1:9")],
+    );
+    assert!(r.code != 0 && r.stderr.contains("shared deploy ledger at http://127.0.0.1:9"), "{}", r.stderr);
+    assert_eq!(fly.calls().len(), calls, "nothing deployed");
+    assert!(!(r.stdout + &r.stderr).contains(TOKEN));
+}
+
+/// On a terminal, a closed approval gate asks for a reviewer there and then (under `script`,
+/// a real pseudo-terminal): never the deployer, nothing entered leaves the gate closed.
+#[test]
+fn on_a_terminal_the_deploy_asks_a_reviewer_to_approve_it() {
+    let fly = Fly::new("0");
+    let p = project(&fly, "");
+    let at_terminal = |answers: &str| {
+        let cmd =
+            format!("{} deploy production -p pipelines/test.ron --branch main", crate::util::cairn_bin().display());
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .current_dir(p.path())
+            .env_remove("CI")
+            .env("PATH", fly.path_env())
+            .env("TEST_FLY_TOKEN", TOKEN)
+            .env("CAIRN_ACTOR", "lead")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        child.stdin.take().unwrap().write_all(answers.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+    };
+    // Nothing entered: the gate stays closed.
+    let (code, tty) = at_terminal("\n");
+    assert_eq!(code, Some(5), "{tty}");
+    assert!(tty.contains("needs an approval of release") && tty.contains("reviewer approving (cto)"), "{tty}");
+    assert!(fly.calls().is_empty());
+    // The deployer can't approve their own deploy; another reviewer at the keyboard can.
+    let (code, tty) = at_terminal("lead\ncto\ny\nlooks good\n");
+    assert_eq!(code, Some(0), "{tty}");
+    assert!(tty.contains("lead may not approve their own deploy"), "{tty}");
+    assert!(tty.contains("approved by cto at the prompt (valid 1h)"), "{tty}");
+    assert!(tty.contains("gate: approved by cto (looks good)"), "{tty}");
+    assert_eq!(fly.calls().len(), 4, "{:?}", fly.calls());
+    assert!(!tty.contains(TOKEN));
+    // Not a terminal (CI): no prompt, the gate just says what to do.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo v2"));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    let r = deploy(&p, &[]).code(5);
+    assert!(!r.stderr.contains("reviewer approving") && r.stderr.contains("hint: cairn approve"), "{}", r.stderr);
+}
+
+/// A canary by share of traffic: every region gets the release, then `shift` sends 10%, 50%
+/// and 100% of traffic to it, each checked and baked. A failing share moves traffic back to 0%
+/// and a resume climbs again from the first share, without redeploying the regions.
+#[test]
+fn a_traffic_canary_widens_share_by_share_and_a_failing_share_moves_traffic_back() {
+    let fly = Fly::new("0");
+    let canary = r#"strategy: Canary((bake: "50ms", shares: [10, 50], shift: "flyctl traffic --app {app} --release {release} --share {share}")),
+      lock_ttl:"#;
+    let p = project(&fly, "");
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("lock_ttl:", canary));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    approve(&p);
+    fly.fail("50", true);
+    let r = deploy(&p, &[]).code(1);
+    assert!(
+        r.stderr.contains("halted: the canary at 50% failed") && r.stderr.contains("moved back to 0%"),
+        "{}",
+        r.stderr
+    );
+    let shares = |calls: &[String]| -> Vec<String> {
+        kinds(calls)
+            .iter()
+            .map(|c| format!("{}{}", c.split(" --release ").next().unwrap(), c.split(" --share").nth(1).unwrap_or("")))
+            .collect()
+    };
+    assert_eq!(
+        shares(&fly.calls()),
+        [
+            "deploy automata-signal-nrt",
+            "deploy automata-signal-fra",
+            "deploy automata-signal-syd",
+            "traffic automata-signal 10",
+            "traffic automata-signal 50",
+            "traffic automata-signal 0",
+        ],
+        "regions first, then shares; the failing share sends traffic back; no migration"
+    );
+    assert!(fly.calls()[3].contains("--release ") && !fly.calls()[3].contains("<release>"), "{:?}", fly.calls());
+    fly.fail("50", false);
+    let before = fly.calls().len();
+    let r = p.run(&["deploy", "resume", "production", "-p", "pipelines/test.ron", "--branch", "main"]).ok();
+    assert!(r.stderr.contains("resuming run"), "{}", r.stderr);
+    assert_eq!(
+        shares(&fly.calls()[before..]),
+        [
+            "traffic automata-signal 10",
+            "traffic automata-signal 50",
+            "traffic automata-signal 100",
+            "ssh console automata-signal-nrt"
+        ],
+        "resumed from the first share; the regions were not deployed again"
+    );
+    // Shares must rise, and a share needs a shift command.
+    let bad = p.read("pipelines/test.ron").replace("shares: [10, 50]", "shares: [50, 10]");
+    p.write("pipelines/test.ron", &bad);
+    let r = p.run(&["check", "-p", "pipelines/test.ron"]).code(3);
+    assert!(r.stderr.contains("must rise strictly between 1 and 99"), "{}", r.stderr);
 }

@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WRITER: &str = "writer-token-0123456789";
-const READER: &str = "reader-token-0123456789";
+pub const WRITER: &str = "writer-token-0123456789";
+pub const READER: &str = "reader-token-0123456789";
 
 pub struct Server {
     child: Child,

@@ -83,12 +83,17 @@ impl Project {
 
     /// Run with extra environment variables for this call only.
     pub fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        cmd.envs(extra.iter().copied());
+        to_run(cmd.output().expect("run cairn"))
+    }
+
+    /// cairn with `args` in this project, with its environment, to spawn.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(cairn_bin());
         cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env_remove("CAIRN_CACHE_DIR");
-        for (k, v) in self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(extra.iter().copied()) {
-            cmd.env(k, v);
-        }
-        to_run(cmd.output().expect("run cairn"))
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
     }
 }
 
