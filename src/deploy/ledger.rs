@@ -614,7 +614,19 @@ mod tests {
         let done: Vec<usize> =
             serde_json::from_value(apply(&mut i, &Op::DonePhases { run_id: "r".into() }, 3).unwrap()).unwrap();
         assert_eq!(done, vec![0, 2]);
-        let seqs = i.rows("SELECT seq FROM deploy_journal ORDER BY seq", &[]).unwrap();
+        // A phase undone afterwards (a region rolled back, a traffic share reverted) is not done.
+        let undo = Op::Journal {
+            run_id: "r".into(),
+            phase: 2,
+            what: "rollback fra".into(),
+            state: "rolled-back".into(),
+            detail: String::new(),
+        };
+        apply(&mut i, &undo, 4).unwrap();
+        let done: Vec<usize> =
+            serde_json::from_value(apply(&mut i, &Op::DonePhases { run_id: "r".into() }, 5).unwrap()).unwrap();
+        assert_eq!(done, vec![0]);
+        let seqs = i.rows("SELECT seq FROM deploy_journal WHERE seq < 3 ORDER BY seq", &[]).unwrap();
         assert_eq!(seqs, vec![vec!["1".to_string()], vec!["2".to_string()]]);
         assert!(Op::History { env: "x".into() }.is_read() && !op.is_read());
     }

@@ -665,7 +665,8 @@ fn a_traffic_canary_widens_share_by_share_and_a_failing_share_moves_traffic_back
     let canary = r#"strategy: Canary((bake: "50ms", shares: [10, 50], shift: "flyctl traffic --app {app} --release {release} --share {share}")),
       lock_ttl:"#;
     let p = project(&fly, "");
-    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("lock_ttl:", canary));
+    let text = p.read("pipelines/test.ron").replace("lock_ttl:", canary);
+    p.write("pipelines/test.ron", &text.replace("--command migrate", "--command migrate --release {release}"));
     p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
     approve(&p);
     fly.fail("50", true);
@@ -708,6 +709,8 @@ fn a_traffic_canary_widens_share_by_share_and_a_failing_share_moves_traffic_back
         ],
         "resumed from the first share; the regions were not deployed again"
     );
+    let migrate = fly.calls().last().cloned().unwrap();
+    assert!(migrate.contains("migrate --release ") && !migrate.contains("<release>"), "{migrate}");
     // Shares must rise, and a share needs a shift command.
     let bad = p.read("pipelines/test.ron").replace("shares: [10, 50]", "shares: [50, 10]");
     p.write("pipelines/test.ron", &bad);
