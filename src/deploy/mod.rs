@@ -759,9 +759,24 @@ impl Runner<'_> {
                         }
                         _ => String::new(),
                     };
-                    if let Err(e) = self.run_cmd("switch", &command, Some(Duration::from_secs(900))) {
+                    // After the switch, every region is checked again; blue still runs, so a
+                    // failure moves traffic straight back.
+                    let r = self.run_cmd("switch", &command, Some(Duration::from_secs(900))).and_then(|()| {
+                        let regions: Vec<Option<&str>> = if self.env.regions.is_empty() {
+                            vec![None]
+                        } else {
+                            self.env.regions.iter().map(|r| Some(r.as_str())).collect()
+                        };
+                        regions.into_iter().try_for_each(|r| self.health(r))
+                    });
+                    if let Err(e) = r {
                         let _ = self.journal(k, "switch", "failed", &e);
-                        return Err(HaltReason::SwitchFailed { detail: e });
+                        let detail = match self.switch_back(k, &vars) {
+                            Some(true) => format!("{e}; traffic switched back to blue"),
+                            Some(false) => format!("{e}; switching back to blue failed too"),
+                            None => e,
+                        };
+                        return Err(HaltReason::SwitchFailed { detail });
                     }
                     let _ = self.journal(k, "switch", "done", "");
                 }
@@ -789,6 +804,20 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Blue-green's fast rollback: traffic back to blue, which kept running.
+    /// `None` when there is no `switch_back`, else whether it worked.
+    fn switch_back(&self, phase: usize, vars: &BTreeMap<String, String>) -> Option<bool> {
+        let crate::model::Strategy::BlueGreen(bg) = &self.env.strategy else { return None };
+        let back = bg.switch_back.as_ref()?;
+        let cmd = render_env(back, vars, self.env.regions.first().map(String::as_str), &self.release);
+        let _ = self.journal(phase, "switch back", "started", "");
+        let r = self.run_cmd("switch back", &cmd, Some(Duration::from_secs(900)));
+        let state = if r.is_ok() { "rolled-back" } else { "rollback-failed" };
+        let _ = self.journal(phase, "switch back", state, &r.clone().err().unwrap_or_default());
+        notify(self, "rolled-back", &format!("{}: traffic switched back to blue", self.env_name));
+        Some(r.is_ok())
     }
 
     /// The canary's `shift` command for `share` percent.

@@ -717,3 +717,40 @@ fn a_traffic_canary_widens_share_by_share_and_a_failing_share_moves_traffic_back
     let r = p.run(&["check", "-p", "pipelines/test.ron"]).code(3);
     assert!(r.stderr.contains("must rise strictly between 1 and 99"), "{}", r.stderr);
 }
+
+/// Blue-green: green is deployed and checked region by region, traffic switches, every region
+/// is checked again; blue keeps running, so `cairn rollback` (and a failed switch) moves
+/// traffic straight back instead of redeploying.
+#[test]
+fn blue_green_switches_traffic_and_rolls_back_by_switching_back() {
+    let fly = Fly::new("0");
+    let bg = r#"strategy: BlueGreen((switch: "flyctl ips switch --app {app} --to green", switch_back: "flyctl ips switch --app {app} --to blue")),
+      lock_ttl:"#;
+    let p = project(&fly, "");
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("lock_ttl:", bg));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    approve(&p);
+    deploy(&p, &[]).ok();
+    let green = [
+        "deploy automata-signal-nrt",
+        "deploy automata-signal-fra",
+        "deploy automata-signal-syd",
+        "ips switch automata-signal --to green",
+    ];
+    assert_eq!(kinds(&fly.calls()), [&green[..], &["ssh console automata-signal-nrt"]].concat());
+    p.run(&["rollback", "production", "-p", "pipelines/test.ron"]).ok();
+    assert_eq!(kinds(&fly.calls())[5..], ["ips switch automata-signal --to blue"], "one switch, no redeploys");
+
+    // A failing switch goes straight back to blue; no migration.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo v2"));
+    p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
+    approve(&p);
+    fly.fail("green", true);
+    let r = deploy(&p, &[]).code(1);
+    assert!(
+        r.stderr.contains("switching traffic failed") && r.stderr.contains("switched back to blue"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(kinds(&fly.calls())[6..], [&green[..], &["ips switch automata-signal --to blue"]].concat());
+}
