@@ -199,14 +199,22 @@ impl Store {
 
     /// Are `step`'s outputs in `root` still exactly what an earlier run or restore of
     /// `outputs_digest` left there? (Stat fingerprint, with the racy-window guard.)
-    pub fn outputs_in_place(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) -> bool {
+    /// `fingerprint` takes the outputs' current stat fingerprint (possibly taken ahead).
+    pub fn outputs_in_place(
+        &self,
+        root: &Path,
+        step: &str,
+        outputs: &[String],
+        outputs_digest: &str,
+        fingerprint: impl FnOnce() -> Option<(String, i64)>,
+    ) -> bool {
         let Ok(Some((digest, fp, recorded))) = self.index().installed(&root.display().to_string(), step) else {
             return false;
         };
         if digest != outputs_digest {
             return false;
         }
-        match crate::inputs::outputs_fingerprint(root, outputs) {
+        match fingerprint() {
             Some((now_fp, newest)) if now_fp == fp => {
                 if newest + crate::inputs::RACY_WINDOW.as_nanos() as i64 <= recorded {
                     return true;

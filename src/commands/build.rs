@@ -25,16 +25,41 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     process::install_signal_handlers();
     let started_at = crate::cache::now_ms();
-    let prepared = exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, jobs.max(2))
+    let prefetch = exec::Prefetch::new(&g, &selected);
+    // The outputs are fingerprinted on their own thread while the inputs are scanned.
+    let (outcome, prepared, remote_trouble) = std::thread::scope(|s| -> Result<_, Error> {
+        s.spawn(|| prefetch.run(&g, &root));
+        let r = build_with(args, &p, &g, &root, &store, &cache_dir, selected, jobs, &prefetch, t_all);
+        prefetch.invalidate(); // the prefetcher stops at its next step
+        r
+    })?;
+    finish(Finish { args, g: &g, store: &store, started_at, t_all, outcome, prepared, remote_trouble })
+}
+
+/// Scan the inputs, then run the build.
+#[allow(clippy::too_many_arguments)]
+fn build_with(
+    args: &BuildArgs,
+    p: &crate::model::Pipeline,
+    g: &Graph,
+    root: &std::path::Path,
+    store: &crate::cache::Store,
+    cache_dir: &std::path::Path,
+    selected: Vec<usize>,
+    jobs: usize,
+    prefetch: &exec::Prefetch,
+    t_all: std::time::Instant,
+) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
+    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))
         .map_err(|e| Error::Usage(format!("error: {e}")))?;
     let mut console = process::Console::new(args.quiet);
     console.all_to_stderr = args.summary == SummaryFormat::Json;
-    let remote = remote_client(&args.remote, &p)?;
+    let remote = remote_client(&args.remote, p)?;
     let build = Build {
-        pipeline: &p,
-        graph: &g,
-        root: root.clone(),
-        store: &store,
+        pipeline: p,
+        graph: g,
+        root: root.to_path_buf(),
+        store,
         selected,
         jobs,
         keep_going: args.keep_going,
@@ -42,6 +67,7 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         console: &console,
         zstd_level: 3,
         remote: remote.clone(),
+        prefetch: Some(prefetch),
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();
@@ -63,10 +89,27 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         }
         remote_trouble = r.is_down() || stats.failed > 0;
     }
+    Ok((outcome, prepared, remote_trouble))
+}
+
+struct Finish<'a> {
+    args: &'a BuildArgs,
+    g: &'a Graph,
+    store: &'a crate::cache::Store,
+    started_at: i64,
+    t_all: std::time::Instant,
+    outcome: exec::BuildOutcome,
+    prepared: exec::Prepared,
+    remote_trouble: bool,
+}
+
+/// Record the run, print and write its summary, and turn its outcome into an exit status.
+fn finish(f: Finish) -> Result<(), Error> {
+    let Finish { args, g, store, started_at, t_all, outcome, prepared, remote_trouble } = f;
     exec::print_phases();
     let t = std::time::Instant::now();
     let id = format!("{started_at}-{}", std::process::id());
-    let summary = report::summarize(&id, &args.pipeline.pipeline.display().to_string(), started_at, &outcome, &g);
+    let summary = report::summarize(&id, &args.pipeline.pipeline.display().to_string(), started_at, &outcome, g);
     // Mask once; everything below (store, stdout, files, renderers) sees only the masked summary.
     let mut value = serde_json::to_value(&summary).expect("summaries serialise");
     prepared.masker.mask_json(&mut value);

@@ -241,7 +241,9 @@ pub fn prepare(
     let replayed = if std::env::var_os("CAIRN_NO_SCAN_JOURNAL").is_some() {
         Err("turned off by CAIRN_NO_SCAN_JOURNAL".to_string())
     } else {
-        match store.load_journal(&sig) {
+        let j = store.load_journal(&sig);
+        timing("  load scan journal", t);
+        match j {
             Some(j) => j.replay(&walk, step_in.len()),
             None => Err("no journal for these walk rules yet".to_string()),
         }
@@ -390,6 +392,58 @@ pub struct Build<'a> {
     pub zstd_level: i32,
     /// The shared remote cache, tried after a local miss.
     pub remote: Option<std::sync::Arc<crate::cache::remote::Remote>>,
+    /// Output fingerprints taken ahead of the dispatch (see [`Prefetch`]).
+    pub prefetch: Option<&'a Prefetch>,
+}
+
+/// Output fingerprints taken ahead, on a thread of their own while the inputs are scanned: on
+/// a no-op, checking that outputs are still in place is half the work, and it does not depend
+/// on the keys. The scan leaves a core idle while it loads its journal and assembles the
+/// manifests; the fingerprints fill it.
+///
+/// A fingerprint taken ahead stands for the outputs as they were *before* anything in this
+/// build wrote to the worktree: the first step to run a command or restore outputs calls
+/// [`Prefetch::invalidate`], and from then on every check stats the outputs afresh. A step
+/// looked at by the prefetcher and a worker at once is fingerprinted once (`OnceLock`).
+pub struct Prefetch {
+    slots: BTreeMap<usize, std::sync::OnceLock<Option<(String, i64)>>>,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl Prefetch {
+    /// Slots for the selected steps that declare outputs.
+    pub fn new(g: &Graph, selected: &[usize]) -> Prefetch {
+        let slots = selected
+            .iter()
+            .filter(|&&i| !g.nodes[i].step.outputs.is_empty())
+            .map(|&i| (i, std::sync::OnceLock::new()))
+            .collect();
+        Prefetch { slots, stale: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Fingerprint every slot's outputs, in order, until invalidated.
+    pub fn run(&self, g: &Graph, root: &Path) {
+        for (&i, slot) in &self.slots {
+            if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            slot.get_or_init(|| inputs::outputs_fingerprint(root, &g.nodes[i].step.outputs));
+        }
+    }
+
+    /// Something is about to write to the worktree: fingerprints taken ahead no longer count.
+    pub fn invalidate(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fingerprint(&self, node: usize, root: &Path, outputs: &[String]) -> Option<(String, i64)> {
+        match self.slots.get(&node) {
+            Some(slot) if !self.stale.load(std::sync::atomic::Ordering::SeqCst) => {
+                slot.get_or_init(|| inputs::outputs_fingerprint(root, outputs)).clone()
+            }
+            _ => inputs::outputs_fingerprint(root, outputs),
+        }
+    }
 }
 
 /// The result of a build.
@@ -448,7 +502,9 @@ const IN_FLIGHT_PER_JOB: usize = 2;
 
 struct Job<'b> {
     node: usize,
-    manifest: KeyManifest,
+    /// Borrowed from `prepared` unless upstream steps contribute (a no-op of independent
+    /// steps copies no manifest).
+    manifest: std::borrow::Cow<'b, KeyManifest>,
     worker: usize,
     build: &'b Build<'b>,
     prepared: &'b Prepared,
@@ -485,7 +541,22 @@ impl Build<'_> {
             }
         };
         let in_flight = self.jobs.max(1) * IN_FLIGHT_PER_JOB;
+        // A fixed pool of workers takes jobs from a queue (a thread per step cost more than a
+        // no-op step's whole check). The queue's sender moves into the scope and is dropped
+        // when the dispatch ends, which lets the workers go.
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let job_rx = std::sync::Mutex::new(job_rx);
         std::thread::scope(|s| {
+            let job_tx = job_tx;
+            for _ in 0..in_flight.min(self.selected.len()) {
+                let (tx, job_rx) = (tx.clone(), &job_rx);
+                s.spawn(move || loop {
+                    let next = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(job) = next else { break };
+                    let report = job.execute();
+                    let _ = tx.send((job.node, report));
+                });
+            }
             loop {
                 if process::interrupted() {
                     halted = true;
@@ -516,15 +587,14 @@ impl Build<'_> {
                     if !needs.iter().all(|d| done.contains_key(d)) || running.len() >= in_flight {
                         continue;
                     }
-                    let mut manifest = prepared.manifests[&i].clone();
+                    let mut manifest = std::borrow::Cow::Borrowed(&prepared.manifests[&i]);
                     for &d in &g.nodes[i].needs {
                         if let Some(c) = done.get(&d).and_then(|r| r.contribution.clone()) {
-                            manifest.upstream.insert(g.nodes[d].name.clone(), c);
+                            manifest.to_mut().upstream.insert(g.nodes[d].name.clone(), c);
                         }
                     }
                     let worker = (0..in_flight).find(|w| !running.values().any(|x| x == w)).unwrap_or(0);
                     running.insert(i, worker);
-                    let tx = tx.clone();
                     let job = Job {
                         node: i,
                         manifest,
@@ -535,10 +605,9 @@ impl Build<'_> {
                         services: &services,
                         t0,
                     };
-                    s.spawn(move || {
-                        let report = job.execute();
-                        let _ = tx.send((job.node, report));
-                    });
+                    if job_tx.send(job).is_err() {
+                        break; // no worker left: cannot happen while the scope lives
+                    }
                 }
                 if running.is_empty() {
                     break;
@@ -665,7 +734,7 @@ impl Job<'_> {
                 }
                 Ok(Lookup::Hit(_)) => {
                     report.reasons.push(DirtyReason::Forced);
-                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone()));
+                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned()));
                 }
                 Ok(Lookup::Miss(p, evicted)) => {
                     report.reasons.extend(miss_reasons(b.store, &node.name, &key, &self.manifest, evicted));
@@ -695,6 +764,9 @@ impl Job<'_> {
             report.detail = Some("interrupted".into());
             return report;
         };
+        if let Some(p) = self.build.prefetch {
+            p.invalidate();
+        }
         report.start_ms = self.t0.elapsed().as_millis() as u64;
         for svc in &node.step.services {
             match self.services.acquire(svc) {
@@ -837,8 +909,17 @@ impl Job<'_> {
         let has_outputs = !node.step.outputs.is_empty();
         let started = Instant::now();
         let t = Instant::now();
-        let in_place =
-            has_outputs && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+        let fingerprint = || match b.prefetch {
+            Some(p) => p.fingerprint(self.node, &b.root, &node.step.outputs),
+            None => inputs::outputs_fingerprint(&b.root, &node.step.outputs),
+        };
+        let in_place = has_outputs
+            && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest, fingerprint);
+        if !in_place && has_outputs {
+            if let Some(p) = b.prefetch {
+                p.invalidate(); // about to restore into the worktree
+            }
+        }
         phase(2, t);
         let t = Instant::now();
         // Nothing to put in place (outputs already there, or none declared): replay the logs
@@ -918,7 +999,7 @@ impl Job<'_> {
                 report.reasons.push(DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") });
                 return match b.store.lookup(&node.name, key, &self.manifest) {
                     Ok(Lookup::Miss(p, _)) => Some(p),
-                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
                 };
             }
         };
@@ -931,7 +1012,7 @@ impl Job<'_> {
                 report.reasons.push(DirtyReason::Corrupt { detail: e });
                 match b.store.lookup(&node.name, key, &self.manifest) {
                     Ok(Lookup::Miss(p, _)) => Some(p),
-                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone())),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
                 }
             }
         }
@@ -992,5 +1073,34 @@ mod tests {
         assert!(!version_matches("Elixir 11.18.0", "1.18"));
         assert!(version_matches("27", "27"));
         assert!(!version_matches("Elixir 1.14.0 (compiled with Erlang/OTP 25)", "1.18"));
+    }
+
+    #[test]
+    fn outputs_fingerprinted_ahead_count_only_until_something_writes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("out")).unwrap();
+        std::fs::write(d.path().join("out/a.txt"), "one").unwrap();
+        let p = crate::model::load(
+            "t.ron",
+            br#"Pipeline(name: "t", steps: {"a": (run: "true", outputs: ["out/"]), "b": (run: "true")})"#,
+        )
+        .unwrap();
+        let g = Graph::build(&p).unwrap();
+        let all: Vec<usize> = (0..g.nodes.len()).collect();
+        let a = g.nodes.iter().position(|n| n.name == "a").unwrap();
+        let outputs = vec!["out/".to_string()];
+        let pf = Prefetch::new(&g, &all);
+        assert_eq!(pf.slots.len(), 1, "only steps with outputs");
+        pf.run(&g, d.path());
+        let ahead = pf.fingerprint(a, d.path(), &outputs);
+        assert_eq!(ahead, inputs::outputs_fingerprint(d.path(), &outputs));
+        // A change after the prefetch is not seen through it...
+        std::fs::write(d.path().join("out/b.txt"), "two").unwrap();
+        assert_eq!(pf.fingerprint(a, d.path(), &outputs), ahead);
+        // ...which is why the first write to the worktree invalidates it: checks are fresh again.
+        pf.invalidate();
+        let fresh = pf.fingerprint(a, d.path(), &outputs);
+        assert_ne!(fresh, ahead);
+        assert_eq!(fresh, inputs::outputs_fingerprint(d.path(), &outputs));
     }
 }

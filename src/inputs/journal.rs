@@ -287,60 +287,68 @@ impl Journal {
             }
         }
         let started_ns = now_ns();
-        let results: Vec<Result<Vec<(usize, StatEntry)>, String>> = std::thread::scope(|s| {
+        let results: Vec<Result<Replayed, String>> = std::thread::scope(|s| {
             let handles: Vec<_> = chunks
                 .iter()
                 .map(|&(a, b)| {
                     let starts = &starts;
-                    s.spawn(move || self.replay_dirs(opts, a, b, starts, racy, started_ns))
+                    s.spawn(move || self.replay_dirs(opts, a, b, starts, racy, started_ns, steps))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a stat thread panicked".into()))).collect()
         });
         let mut changed: BTreeMap<usize, StatEntry> = BTreeMap::new();
+        let mut per_step: Vec<Vec<(String, FileDigest)>> = vec![Vec::new(); steps];
         for r in results {
-            changed.extend(r?);
+            let r = r?;
+            changed.extend(r.changed);
+            for (all, part) in per_step.iter_mut().zip(r.per_step) {
+                all.extend(part);
+            }
         }
 
-        let mut snapshot = Snapshot { per_step: vec![BTreeMap::new(); steps], ..Default::default() };
+        let mut snapshot = Snapshot::default();
         let mut stats = ScanStats { replayed: true, ..Default::default() };
+        stats.files = self.files.iter().filter(|f| !f.owners.is_empty()).count() as u64;
+        stats.reused = stats.files - changed.len() as u64;
         let mut updated = (!changed.is_empty()).then(|| self.clone());
-        for (i, f) in self.files.iter().enumerate() {
-            if f.owners.is_empty() {
-                continue;
-            }
-            let dir = &self.dirs[f.dir as usize].rel;
-            let rel = if dir.is_empty() { f.name.clone() } else { format!("{dir}/{}", f.name) };
-            let (digest, exec) = match changed.get(&i) {
-                Some(st) => {
-                    stats.hashed += 1;
-                    stats.bytes_hashed += st.size;
-                    let u = &mut updated.as_mut().expect("set when something changed").files[i];
-                    (u.size, u.mtime_ns, u.ctime_ns, u.ino, u.exec) =
-                        (st.size, st.mtime_ns, st.ctime_ns, st.ino, st.exec);
-                    u.recorded_ns = st.recorded_ns;
-                    u.digest = unhex32(&st.digest).ok_or("bad digest")?;
-                    snapshot.updates.push((rel.clone(), st.clone()));
-                    (st.digest.clone(), st.exec)
-                }
-                None => {
-                    stats.reused += 1;
-                    (hex32(&f.digest), f.exec)
-                }
-            };
-            stats.files += 1;
-            let (last, rest) = f.owners.split_last().expect("not empty");
-            for &o in rest {
-                snapshot.per_step[o as usize].insert(rel.clone(), FileDigest { digest: digest.clone(), exec });
-            }
-            snapshot.per_step[*last as usize].insert(rel, FileDigest { digest, exec });
+        for (&i, st) in &changed {
+            stats.hashed += 1;
+            stats.bytes_hashed += st.size;
+            let u = &mut updated.as_mut().expect("set when something changed").files[i];
+            (u.size, u.mtime_ns, u.ctime_ns, u.ino, u.exec) = (st.size, st.mtime_ns, st.ctime_ns, st.ino, st.exec);
+            u.recorded_ns = st.recorded_ns;
+            u.digest = unhex32(&st.digest).ok_or("bad digest")?;
+            snapshot.updates.push((self.rel(i), st.clone()));
         }
+        // Sorted runs build a map in one pass (no insert per file).
+        snapshot.per_step = per_step
+            .into_iter()
+            .map(|mut v| {
+                v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                v.into_iter().collect()
+            })
+            .collect();
         snapshot.stats = stats;
         snapshot.journal = updated;
         Ok(snapshot)
     }
 
+    /// A recorded file's path relative to the root.
+    fn rel(&self, i: usize) -> String {
+        let f = &self.files[i];
+        let dir = &self.dirs[f.dir as usize].rel;
+        if dir.is_empty() {
+            f.name.clone()
+        } else {
+            format!("{dir}/{}", f.name)
+        }
+    }
+
     /// Check directories `a..b` and their files; the files that changed in place, re-hashed.
+    /// Each thread also assembles its files' manifest entries (path and hex digest), so that
+    /// work is spread over the threads too.
+    #[allow(clippy::too_many_arguments)]
     fn replay_dirs(
         &self,
         opts: &WalkOptions,
@@ -349,9 +357,21 @@ impl Journal {
         starts: &[usize],
         racy: i64,
         started_ns: i64,
-    ) -> Result<Vec<(usize, StatEntry)>, String> {
+        steps: usize,
+    ) -> Result<Replayed, String> {
         use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let mut changed = Vec::new();
+        let mut per_step: Vec<Vec<(String, FileDigest)>> = vec![Vec::new(); steps];
+        let mut entry = |f: &FileRec, rel: String, digest: String, exec: bool| {
+            let (last, rest) = match f.owners.split_last() {
+                Some(x) => x,
+                None => return,
+            };
+            for &o in rest {
+                per_step[o as usize].push((rel.clone(), FileDigest { digest: digest.clone(), exec }));
+            }
+            per_step[*last as usize].push((rel, FileDigest { digest, exec }));
+        };
         for d in a..b {
             let rec = &self.dirs[d];
             let path = if rec.rel.is_empty() { opts.root.clone() } else { opts.root.join(&rec.rel) };
@@ -385,6 +405,9 @@ impl Journal {
                     && exec == f.exec
                     && mtime_ns + racy <= f.recorded_ns
                 {
+                    if !f.owners.is_empty() {
+                        entry(f, rel(), hex32(&f.digest), f.exec);
+                    }
                     continue;
                 }
                 if f.guard {
@@ -393,6 +416,8 @@ impl Journal {
                 let full = path.join(&f.name);
                 let meta = std::fs::symlink_metadata(&full).map_err(|e| format!("{}: {e}", rel()))?;
                 let (digest, _) = hash_file(&full, &meta).map_err(|e| format!("{}: {e}", rel()))?;
+                let exec = !meta.file_type().is_symlink() && meta.mode() & 0o111 != 0;
+                entry(f, rel(), digest.clone(), exec);
                 changed.push((
                     i,
                     StatEntry {
@@ -407,8 +432,15 @@ impl Journal {
                 ));
             }
         }
-        Ok(changed)
+        Ok(Replayed { changed, per_step })
     }
+}
+
+/// What one replay thread found: files that changed (re-hashed), and its files' manifest
+/// entries per step.
+struct Replayed {
+    changed: Vec<(usize, StatEntry)>,
+    per_step: Vec<Vec<(String, FileDigest)>>,
 }
 
 struct Reader<'a> {
