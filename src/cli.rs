@@ -86,18 +86,17 @@ pub struct DeployCli {
     #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
     pub approval: Option<String>,
     #[command(flatten)]
-    pub ledger: LedgerArgs,
+    pub ledger: RemoteEndpoint,
 }
 
-/// Where deploy state (approvals, leases, runs, the journal) lives: with a `cairn serve`
-/// remote, on it, shared by every runner; else in the local store.
+/// The remote: its URL, token and namespace. It holds the shared cache and, when it is
+/// `cairn serve`, the deploy ledger (approvals, leases, runs, the journal) every runner shares.
 #[derive(Debug, Args, Clone, Default)]
-pub struct LedgerArgs {
-    /// Remote cache base URL whose server holds the deploy ledger (overrides the pipeline's
-    /// `remote.url`).
+pub struct RemoteEndpoint {
+    /// Remote cache base URL (overrides the pipeline's `remote.url`; empty: none).
     #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
-    /// Bearer token for the remote (deploys need write access).
+    /// Bearer token for the remote (uploads and deploys need write access).
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Team / slug on the remote (default: the pipeline's `remote.namespace`, else its name).
@@ -105,17 +104,11 @@ pub struct LedgerArgs {
     pub namespace: Option<String>,
 }
 
-impl From<&RemoteArgs> for LedgerArgs {
-    fn from(r: &RemoteArgs) -> LedgerArgs {
-        LedgerArgs { remote: r.remote.clone(), token: r.token.clone(), namespace: r.namespace.clone() }
-    }
-}
-
 /// What `cairn deploy` was asked to do.
 pub enum DeployCommand {
     Start(DeployArgs),
     Resume(DeployArgs),
-    History { env: String, pipeline: PipelineArg, store: StoreArg, ledger: LedgerArgs },
+    History { env: String, pipeline: PipelineArg, store: StoreArg, ledger: RemoteEndpoint },
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +119,7 @@ pub struct DeployArgs {
     pub branch: Option<String>,
     pub break_glass: Option<String>,
     pub approval: Option<String>,
-    pub ledger: LedgerArgs,
+    pub ledger: RemoteEndpoint,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +145,7 @@ pub struct ApproveArgs {
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub ledger: LedgerArgs,
+    pub ledger: RemoteEndpoint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,7 +158,7 @@ pub enum LockCommand {
         #[command(flatten)]
         store: StoreArg,
         #[command(flatten)]
-        ledger: LedgerArgs,
+        ledger: RemoteEndpoint,
     },
     /// Break a lease (recorded in the audit log).
     Release {
@@ -179,7 +172,7 @@ pub enum LockCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        ledger: LedgerArgs,
+        ledger: RemoteEndpoint,
     },
 }
 
@@ -194,7 +187,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub to: Option<String>,
     #[command(flatten)]
-    pub ledger: LedgerArgs,
+    pub ledger: RemoteEndpoint,
 }
 
 #[derive(Debug, Args)]
@@ -224,15 +217,8 @@ impl RunArgs {
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct RemoteArgs {
-    /// Remote cache base URL (overrides the pipeline's `remote.url`).
-    #[arg(long, env = "CAIRN_REMOTE", value_name = "URL")]
-    pub remote: Option<String>,
-    /// Bearer token for the remote cache.
-    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Team / slug on the remote (default: the pipeline's `remote.namespace`, else its name).
-    #[arg(long, env = "CAIRN_NAMESPACE")]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub endpoint: RemoteEndpoint,
     /// Private key to sign uploads with (from `cairn keys generate`).
     #[arg(long, env = "CAIRN_SIGNING_KEY", value_name = "FILE")]
     pub signing_key: Option<PathBuf>,

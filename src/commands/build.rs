@@ -30,7 +30,7 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let (outcome, prepared, remote_trouble) = std::thread::scope(|s| -> Result<_, Error> {
         s.spawn(|| prefetch.run(&g, &root));
         let r = build_with(args, &p, &g, &root, &store, &cache_dir, selected, jobs, &prefetch, t_all);
-        prefetch.invalidate(); // the prefetcher stops at its next step
+        prefetch.stop(); // the prefetcher stops at its next step
         r
     })?;
     finish(Finish { args, g: &g, store: &store, started_at, t_all, outcome, prepared, remote_trouble })
@@ -172,7 +172,7 @@ pub fn remote_client(
     p: &crate::model::Pipeline,
 ) -> Result<Option<std::sync::Arc<crate::cache::remote::Remote>>, Error> {
     let settings = p.remote.clone().unwrap_or_default();
-    let Some(url) = args.remote.clone().or(settings.url.clone()).filter(|u| !u.is_empty()) else {
+    let Some(endpoint) = super::endpoint(&args.endpoint, p) else {
         if args.remote_required {
             return Err(Error::Usage(
                 "error: --remote-required but no remote is configured\n  hint: pass --remote URL or set CAIRN_REMOTE"
@@ -195,9 +195,9 @@ pub fn remote_client(
         }
     };
     let cfg = crate::cache::remote::RemoteConfig {
-        url,
-        token: args.token.clone().filter(|t| !t.is_empty()),
-        namespace: args.namespace.clone().or(settings.namespace).unwrap_or_else(|| p.name.clone()),
+        url: endpoint.url,
+        token: endpoint.token,
+        namespace: endpoint.namespace,
         trusted,
         signer,
         upload: !args.no_upload,

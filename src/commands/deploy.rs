@@ -1,7 +1,7 @@
 //! `cairn deploy`, `deploy resume`, `deploy history`, `approve`, `lock`, `rollback`, `run`.
 
 use super::{load_pipeline, open_store, project_root};
-use crate::cli::{DeployArgs, DeployCommand, LedgerArgs, LockCommand};
+use crate::cli::{DeployArgs, DeployCommand, LockCommand, RemoteEndpoint};
 use crate::deploy::ledger::{Ledger, LockInfo, Op, RunRow};
 use crate::deploy::{self, DeployError, Runner};
 use crate::error::Error;
@@ -28,21 +28,17 @@ fn store_err(e: impl std::fmt::Display) -> Error {
 
 /// The deploy ledger: on the remote when one is configured (flags, environment, or the
 /// pipeline's `remote`), so every runner shares it; else in the local store.
-pub fn open_ledger(args: &LedgerArgs, p: &Pipeline, store: &Arc<crate::cache::Store>) -> Result<Ledger, Error> {
-    let settings = p.remote.clone().unwrap_or_default();
-    let url = args.remote.clone().or(settings.url).filter(|u| !u.is_empty());
-    match url {
+pub fn open_ledger(args: &RemoteEndpoint, p: &Pipeline, store: &Arc<crate::cache::Store>) -> Result<Ledger, Error> {
+    match super::endpoint(args, p) {
         None => Ok(Ledger::Local(store.clone())),
-        Some(u) if u.starts_with("s3://") => {
+        Some(e) if e.url.starts_with("s3://") => {
             eprintln!(
                 "note: deploy approvals, leases and the journal stay in the local store: an s3:// remote can't hold them (serve the bucket with `cairn serve --s3` to share them)"
             );
             Ok(Ledger::Local(store.clone()))
         }
-        Some(u) => {
-            let namespace = args.namespace.clone().or(settings.namespace).unwrap_or_else(|| p.name.clone());
-            let token = args.token.clone().filter(|t| !t.is_empty());
-            let r = crate::deploy::ledger::RemoteLedger::new(&u, token, &namespace)
+        Some(e) => {
+            let r = crate::deploy::ledger::RemoteLedger::new(&e.url, e.token, &e.namespace)
                 .map_err(|e| Error::Usage(format!("error: {e}")))?;
             Ok(Ledger::Remote(Arc::new(r)))
         }
@@ -104,7 +100,7 @@ struct Prepared {
 fn prepare(
     pipeline: &std::path::Path,
     store_arg: &crate::cli::StoreArg,
-    ledger: &LedgerArgs,
+    ledger: &RemoteEndpoint,
     env_name: &str,
     branch: &Option<String>,
 ) -> Result<Prepared, Error> {
@@ -398,7 +394,7 @@ fn history(
     env: &str,
     pipeline: &std::path::Path,
     store: &crate::cli::StoreArg,
-    ledger: &LedgerArgs,
+    ledger: &RemoteEndpoint,
 ) -> Result<(), Error> {
     let p = load_pipeline(pipeline)?;
     let root = project_root(pipeline);
@@ -692,7 +688,7 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
             branch: a.branch.clone(),
             break_glass: a.break_glass.clone(),
             approval: a.approval.clone(),
-            ledger: (&a.remote).into(),
+            ledger: a.remote.endpoint.clone(),
         };
         start(&d, &console)?;
     }

@@ -15,6 +15,25 @@ use crate::error::Error;
 use crate::model::Pipeline;
 use std::path::Path;
 
+/// Where the remote is, once flags, environment and the pipeline's `remote` are combined.
+pub struct Endpoint {
+    pub url: String,
+    pub token: Option<String>,
+    pub namespace: String,
+}
+
+/// The remote a command talks to, if one is configured (an empty `--remote` / `CAIRN_REMOTE`
+/// turns the pipeline's off).
+pub fn endpoint(e: &crate::cli::RemoteEndpoint, p: &Pipeline) -> Option<Endpoint> {
+    let settings = p.remote.clone().unwrap_or_default();
+    let url = e.remote.clone().or(settings.url).filter(|u| !u.is_empty())?;
+    Some(Endpoint {
+        url,
+        token: e.token.clone().filter(|t| !t.is_empty()),
+        namespace: e.namespace.clone().or(settings.namespace).unwrap_or_else(|| p.name.clone()),
+    })
+}
+
 /// Read and validate a pipeline file.
 pub fn load_pipeline(path: &Path) -> Result<Pipeline, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read {

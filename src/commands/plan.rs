@@ -157,7 +157,7 @@ pub fn run(args: &PlanArgs) -> Result<(), Error> {
             }
         };
         let s = std::sync::Arc::new(s);
-        store = Some(super::deploy::open_ledger(&(&args.remote).into(), &p, &s)?);
+        store = Some(super::deploy::open_ledger(&args.remote.endpoint, &p, &s)?);
         states
     };
     evaluate_gates(&p, &g, &mut plan, &states, store.as_ref(), crate::deploy::now_ms() / 1000);

@@ -401,13 +401,24 @@ pub struct Build<'a> {
 /// on the keys. The scan leaves a core idle while it loads its journal and assembles the
 /// manifests; the fingerprints fill it.
 ///
-/// A fingerprint taken ahead stands for the outputs as they were *before* anything in this
-/// build wrote to the worktree: the first step to run a command or restore outputs calls
-/// [`Prefetch::invalidate`], and from then on every check stats the outputs afresh. A step
-/// looked at by the prefetcher and a worker at once is fingerprinted once (`OnceLock`).
+/// A fingerprint taken ahead stands for a step's outputs as they were before this build wrote
+/// anything. Once a step writes to the worktree (runs its command, or restores its outputs),
+/// the fingerprints of that step and of every step downstream of it no longer count: those
+/// steps are checked after the writer, in every schedule, and may see what it wrote (outputs
+/// can overlap, like `deps/` inside `_build/`). Steps not downstream are unordered with the
+/// writer anyway, so a fingerprint taken before its write is one a legal schedule could have
+/// taken. A step looked at by the prefetcher and a worker at once is fingerprinted once.
 pub struct Prefetch {
-    slots: BTreeMap<usize, std::sync::OnceLock<Option<(String, i64)>>>,
+    /// Per step with outputs: its fingerprint, whether that still counts, and the steps it
+    /// depends on (transitively).
+    slots: BTreeMap<usize, Slot>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+struct Slot {
+    fingerprint: std::sync::OnceLock<Option<(String, i64)>>,
     stale: std::sync::atomic::AtomicBool,
+    upstream: BTreeSet<usize>,
 }
 
 impl Prefetch {
@@ -416,30 +427,57 @@ impl Prefetch {
         let slots = selected
             .iter()
             .filter(|&&i| !g.nodes[i].step.outputs.is_empty())
-            .map(|&i| (i, std::sync::OnceLock::new()))
+            .map(|&i| {
+                let mut upstream = BTreeSet::new();
+                let mut stack = g.nodes[i].needs.clone();
+                while let Some(d) = stack.pop() {
+                    if upstream.insert(d) {
+                        stack.extend(g.nodes[d].needs.iter().copied());
+                    }
+                }
+                let slot = Slot {
+                    fingerprint: std::sync::OnceLock::new(),
+                    stale: std::sync::atomic::AtomicBool::new(false),
+                    upstream,
+                };
+                (i, slot)
+            })
             .collect();
-        Prefetch { slots, stale: std::sync::atomic::AtomicBool::new(false) }
+        Prefetch { slots, stop: std::sync::atomic::AtomicBool::new(false) }
     }
 
-    /// Fingerprint every slot's outputs, in order, until invalidated.
+    /// Fingerprint every slot's outputs, in order, until stopped.
     pub fn run(&self, g: &Graph, root: &Path) {
+        use std::sync::atomic::Ordering::SeqCst;
         for (&i, slot) in &self.slots {
-            if self.stale.load(std::sync::atomic::Ordering::SeqCst) {
+            if self.stop.load(SeqCst) {
                 return;
             }
-            slot.get_or_init(|| inputs::outputs_fingerprint(root, &g.nodes[i].step.outputs));
+            if !slot.stale.load(SeqCst) {
+                slot.fingerprint.get_or_init(|| inputs::outputs_fingerprint(root, &g.nodes[i].step.outputs));
+            }
         }
     }
 
-    /// Something is about to write to the worktree: fingerprints taken ahead no longer count.
-    pub fn invalidate(&self) {
-        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// The prefetcher stops at its next step (the dispatch is over).
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `writer` is about to write to the worktree: its fingerprint and those of the steps
+    /// downstream of it no longer count.
+    pub fn wrote(&self, writer: usize) {
+        for (&i, slot) in &self.slots {
+            if i == writer || slot.upstream.contains(&writer) {
+                slot.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 
     fn fingerprint(&self, node: usize, root: &Path, outputs: &[String]) -> Option<(String, i64)> {
         match self.slots.get(&node) {
-            Some(slot) if !self.stale.load(std::sync::atomic::Ordering::SeqCst) => {
-                slot.get_or_init(|| inputs::outputs_fingerprint(root, outputs)).clone()
+            Some(slot) if !slot.stale.load(std::sync::atomic::Ordering::SeqCst) => {
+                slot.fingerprint.get_or_init(|| inputs::outputs_fingerprint(root, outputs)).clone()
             }
             _ => inputs::outputs_fingerprint(root, outputs),
         }
@@ -765,7 +803,7 @@ impl Job<'_> {
             return report;
         };
         if let Some(p) = self.build.prefetch {
-            p.invalidate();
+            p.wrote(self.node);
         }
         report.start_ms = self.t0.elapsed().as_millis() as u64;
         for svc in &node.step.services {
@@ -917,7 +955,7 @@ impl Job<'_> {
             && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest, fingerprint);
         if !in_place && has_outputs {
             if let Some(p) = b.prefetch {
-                p.invalidate(); // about to restore into the worktree
+                p.wrote(self.node); // about to restore into the worktree
             }
         }
         phase(2, t);
@@ -1076,31 +1114,44 @@ mod tests {
     }
 
     #[test]
-    fn outputs_fingerprinted_ahead_count_only_until_something_writes() {
+    fn outputs_fingerprinted_ahead_count_until_the_step_or_one_upstream_writes() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join("out")).unwrap();
-        std::fs::write(d.path().join("out/a.txt"), "one").unwrap();
+        for dir in ["deps", "build", "docs"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+            std::fs::write(d.path().join(dir).join("a.txt"), "one").unwrap();
+        }
         let p = crate::model::load(
             "t.ron",
-            br#"Pipeline(name: "t", steps: {"a": (run: "true", outputs: ["out/"]), "b": (run: "true")})"#,
+            br#"Pipeline(name: "t", steps: {
+                "deps": (run: "true", outputs: ["deps/"]),
+                "build": (run: "true", needs: ["deps"], outputs: ["build/"]),
+                "docs": (run: "true", outputs: ["docs/"]),
+                "lint": (run: "true"),
+            })"#,
         )
         .unwrap();
         let g = Graph::build(&p).unwrap();
         let all: Vec<usize> = (0..g.nodes.len()).collect();
-        let a = g.nodes.iter().position(|n| n.name == "a").unwrap();
-        let outputs = vec!["out/".to_string()];
+        let at = |name: &str| g.nodes.iter().position(|n| n.name == name).unwrap();
+        let out = |dir: &str| vec![format!("{dir}/")];
         let pf = Prefetch::new(&g, &all);
-        assert_eq!(pf.slots.len(), 1, "only steps with outputs");
+        assert_eq!(pf.slots.len(), 3, "only steps with outputs");
         pf.run(&g, d.path());
-        let ahead = pf.fingerprint(a, d.path(), &outputs);
-        assert_eq!(ahead, inputs::outputs_fingerprint(d.path(), &outputs));
-        // A change after the prefetch is not seen through it...
-        std::fs::write(d.path().join("out/b.txt"), "two").unwrap();
-        assert_eq!(pf.fingerprint(a, d.path(), &outputs), ahead);
-        // ...which is why the first write to the worktree invalidates it: checks are fresh again.
-        pf.invalidate();
-        let fresh = pf.fingerprint(a, d.path(), &outputs);
-        assert_ne!(fresh, ahead);
-        assert_eq!(fresh, inputs::outputs_fingerprint(d.path(), &outputs));
+        let ahead = |name: &str| pf.fingerprint(at(name), d.path(), &out(name));
+        let (build0, docs0) = (ahead("build"), ahead("docs"));
+        assert_eq!(build0, inputs::outputs_fingerprint(d.path(), &out("build")));
+        // Changes after the prefetch are not seen through it...
+        for dir in ["build", "docs"] {
+            std::fs::write(d.path().join(dir).join("b.txt"), "two").unwrap();
+        }
+        assert_eq!(ahead("build"), build0);
+        // ...until a step upstream writes: then its dependents are checked afresh; a step not
+        // downstream of the writer keeps what was taken ahead.
+        pf.wrote(at("deps"));
+        assert_ne!(ahead("build"), build0);
+        assert_eq!(ahead("build"), inputs::outputs_fingerprint(d.path(), &out("build")));
+        assert_eq!(ahead("docs"), docs0);
+        pf.wrote(at("docs"));
+        assert_ne!(ahead("docs"), docs0);
     }
 }

@@ -12,8 +12,15 @@
 //! `readdir` and no matching, the way git's untracked cache and index work:
 //! - A directory's mtime changes whenever an entry is created, removed or renamed in it, so
 //!   an unchanged directory still holds the same names, and the same rules pick the same
-//!   files. A changed, racy (modified within [`super::RACY_WINDOW`] of the recording) or
-//!   vanished directory, or any changed ignore file, sends the run back to the full walk.
+//!   files. A vanished or replaced directory, or any changed ignore file, sends the run back
+//!   to the full walk.
+//! - A directory whose mtime moved is read again (one `readdir`) and its entries' names and
+//!   types compared with the digest recorded at the walk: builds touch directories all the
+//!   time without changing what a walk would find there (a step replaces its ignored `dist/`
+//!   inside a package, and the package directory's mtime moves). The same names and types
+//!   mean the same walk there; the new mtime is recorded. The digest is only taken of
+//!   directories that stood still while they were read and were not racy (modified within
+//!   [`super::RACY_WINDOW`] of the walk); without one, any change means a walk.
 //! - A file whose stat is unchanged and not racy keeps its digest; one that changed in place
 //!   is hashed again, alone. That is also the "one file edited" case, which then skips the
 //!   walk too.
@@ -26,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 4] = b"CJ1\0";
+const MAGIC: &[u8; 4] = b"CJ2\0";
 
 /// A directory the walk entered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +42,55 @@ pub struct DirRec {
     pub rel: String,
     pub mtime_ns: i64,
     pub ino: u64,
+    /// blake3 of every entry's name and type, sorted (ignored ones too), or zeros when it
+    /// could not be taken safely (the directory changed while it was read, or was racy).
+    pub listing: [u8; 32],
+    /// When `mtime_ns` was last confirmed (the walk's start, or a later replay's check).
+    pub checked_ns: i64,
+}
+
+/// The digest of a directory's entries: names and types, sorted. The same names and types
+/// mean the walk decides the same for every entry of the directory (ignored or not, entered
+/// or not); what changed inside an entry is caught by that entry's own record.
+fn listing(dir: &Path) -> Option<[u8; 32]> {
+    use rustix::fs::{Dir, FileType, Mode, OFlags};
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut names: Vec<(Vec<u8>, u8)> = Vec::new();
+    for e in Dir::read_from(&fd).ok()? {
+        let e = e.ok()?;
+        let n = e.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        let kind = match e.file_type() {
+            FileType::Unknown => {
+                let st = rustix::fs::statat(&fd, e.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                FileType::from_raw_mode(st.st_mode)
+            }
+            k => k,
+        };
+        let code = match kind {
+            FileType::Directory => b'd',
+            FileType::RegularFile => b'f',
+            FileType::Symlink => b'l',
+            _ => b'o',
+        };
+        names.push((n.to_vec(), code));
+    }
+    names.sort_unstable();
+    let mut h = blake3::Hasher::new();
+    for (n, code) in names {
+        h.update(&(n.len() as u32).to_le_bytes());
+        h.update(&n);
+        h.update(&[code]);
+    }
+    Some(*h.finalize().as_bytes())
+}
+
+fn dir_mtime(path: &Path) -> Option<(i64, u64)> {
+    let st = rustix::fs::stat(path).ok()?;
+    let (_, mtime, _, ino) = super::stat_fields(&st);
+    Some((mtime, ino))
 }
 
 /// A file the walk kept: an input of some steps, or an ignore file (a guard).
@@ -136,6 +192,23 @@ impl Journal {
         guards: Vec<(String, StatEntry)>,
     ) -> Option<Journal> {
         dirs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        // Each directory's listing, kept only when the directory did not change since the
+        // walk stat it (before and after this read) and is not racy: then it is exactly
+        // what the walk read.
+        let racy = RACY_WINDOW.as_nanos() as i64;
+        for d in &mut dirs {
+            let path = if d.rel.is_empty() { opts.root.clone() } else { opts.root.join(&d.rel) };
+            let steady = |m: Option<(i64, u64)>| m == Some((d.mtime_ns, d.ino));
+            d.checked_ns = recorded_ns;
+            d.listing = [0; 32];
+            if d.mtime_ns + racy <= recorded_ns && steady(dir_mtime(&path)) {
+                if let Some(l) = listing(&path) {
+                    if steady(dir_mtime(&path)) {
+                        d.listing = l;
+                    }
+                }
+            }
+        }
         let index: HashMap<&str, u32> = dirs.iter().enumerate().map(|(i, d)| (d.rel.as_str(), i as u32)).collect();
         let mut recs = Vec::with_capacity(files.len() + guards.len());
         let with_owners = files.into_iter().map(|(r, s, o)| (r, s, o, true));
@@ -186,6 +259,8 @@ impl Journal {
             bytes(&mut out, d.rel.as_bytes());
             out.extend_from_slice(&d.mtime_ns.to_le_bytes());
             out.extend_from_slice(&d.ino.to_le_bytes());
+            out.extend_from_slice(&d.listing);
+            out.extend_from_slice(&d.checked_ns.to_le_bytes());
         }
         out.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
         for f in &self.files {
@@ -222,7 +297,9 @@ impl Journal {
         let mut dirs = Vec::with_capacity(n.min(1 << 20));
         for _ in 0..n {
             let rel = std::str::from_utf8(r.bytes()?).ok()?.to_string();
-            dirs.push(DirRec { rel, mtime_ns: r.u64()? as i64, ino: r.u64()? });
+            let (mtime_ns, ino) = (r.u64()? as i64, r.u64()?);
+            let listing: [u8; 32] = r.take(32)?.try_into().ok()?;
+            dirs.push(DirRec { rel, mtime_ns, ino, listing, checked_ns: r.u64()? as i64 });
         }
         let n = r.u32()? as usize;
         let mut files = Vec::with_capacity(n.min(1 << 22));
@@ -268,6 +345,33 @@ impl Journal {
         if let Some((p, _)) = self.outside.iter().find(|(p, pr)| probe(p) != *pr) {
             return Err(format!("{} changed", p.display()));
         }
+        // Every directory first, one `stat` each, before any file is looked at. A directory
+        // whose mtime moved (a build replaced an ignored `dist/` in it, say) or is racy is
+        // read again: the same names and types as recorded mean the same walk there.
+        let mut confirmed: Vec<(usize, i64, i64)> = Vec::new();
+        for (k, rec) in self.dirs.iter().enumerate() {
+            let path = if rec.rel.is_empty() { opts.root.clone() } else { opts.root.join(&rec.rel) };
+            let name = if rec.rel.is_empty() { "the project root".to_string() } else { format!("{}/", rec.rel) };
+            let checked = now_ns();
+            let (mtime, ino) = dir_mtime(&path).ok_or_else(|| format!("{name} is gone"))?;
+            if ino != rec.ino {
+                return Err(format!("{name} was replaced"));
+            }
+            if mtime == rec.mtime_ns && mtime + racy <= rec.checked_ns {
+                continue;
+            }
+            let same =
+                rec.listing != [0; 32] && listing(&path) == Some(rec.listing) && dir_mtime(&path) == Some((mtime, ino));
+            if !same && mtime == rec.mtime_ns {
+                return Err(format!("{name} was modified just before it was recorded"));
+            }
+            if !same {
+                return Err(format!("{name} changed (an entry was added, removed or renamed)"));
+            }
+            if mtime + racy <= checked {
+                confirmed.push((k, mtime, checked));
+            }
+        }
         // Split the directories into contiguous runs of about equal file counts.
         let threads = opts.threads.clamp(1, 16);
         let mut starts = vec![0usize; self.dirs.len() + 1];
@@ -311,7 +415,11 @@ impl Journal {
         let mut stats = ScanStats { replayed: true, ..Default::default() };
         stats.files = self.files.iter().filter(|f| !f.owners.is_empty()).count() as u64;
         stats.reused = stats.files - changed.len() as u64;
-        let mut updated = (!changed.is_empty()).then(|| self.clone());
+        let mut updated = (!changed.is_empty() || !confirmed.is_empty()).then(|| self.clone());
+        for &(k, mtime, checked) in &confirmed {
+            let d = &mut updated.as_mut().expect("set when a directory was confirmed").dirs[k];
+            (d.mtime_ns, d.checked_ns) = (mtime, checked);
+        }
         for (&i, st) in &changed {
             stats.hashed += 1;
             stats.bytes_hashed += st.size;
@@ -380,12 +488,8 @@ impl Journal {
             let fd = rustix::fs::open(&path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                 .map_err(gone)?;
             let st = rustix::fs::fstat(&fd).map_err(gone)?;
-            let (_, mtime, _, ino) = super::stat_fields(&st);
-            if mtime != rec.mtime_ns || ino != rec.ino {
-                return Err(format!("{name} changed (an entry was added, removed or renamed)"));
-            }
-            if mtime + racy > self.recorded_ns {
-                return Err(format!("{name} was modified just before it was recorded"));
+            if super::stat_fields(&st).3 != rec.ino {
+                return Err(format!("{name} was replaced"));
             }
             for i in starts[d]..starts[d + 1] {
                 let f = &self.files[i];
@@ -501,7 +605,51 @@ mod tests {
         for f in &mut j.files {
             f.recorded_ns += 5_000_000_000;
         }
+        for d in &mut j.dirs {
+            d.checked_ns += 5_000_000_000;
+        }
         j
+    }
+
+    /// Set a path's mtime `secs` into the past (without following links).
+    fn backdate(p: &Path, secs: i64) {
+        let t = rustix::fs::Timespec { tv_sec: (now_ns() / 1_000_000_000 - secs) as _, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+        rustix::fs::utimensat(rustix::fs::CWD, p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+
+    #[test]
+    fn a_directory_touched_but_holding_the_same_names_is_read_again_not_walked() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        write(r, "src/a.rs", "a");
+        write(r, ".gitignore", "dist/\n");
+        std::fs::create_dir_all(r.join("src/dist")).unwrap();
+        for p in ["src/a.rs", ".gitignore", "src/dist", "src", ""] {
+            backdate(&r.join(p), 60);
+        }
+        let mut walked = scan(&opts(r), &steps(), &HashMap::new()).unwrap();
+        let j = walked.journal.take().unwrap();
+        assert!(j.dirs.iter().all(|d| d.listing != [0; 32]), "old directories get a listing");
+        // A build replaces the ignored dist/ (src/ gets a new mtime, the same names).
+        std::fs::remove_dir_all(r.join("src/dist")).unwrap();
+        std::fs::create_dir(r.join("src/dist")).unwrap();
+        backdate(&r.join("src"), 30);
+        let replayed = j.replay(&opts(r), 2).expect("the same names: no walk");
+        assert_eq!(replayed.per_step, walked.per_step);
+        let updated = replayed.journal.expect("the new mtime is recorded");
+        let again = updated.replay(&opts(r), 2).expect("still no walk");
+        assert!(again.journal.is_none(), "nothing left to confirm");
+        // A new name in it is a change the walk must see.
+        write(r, "src/b.rs", "b");
+        backdate(&r.join("src"), 20);
+        assert!(updated.replay(&opts(r), 2).unwrap_err().contains("src/ changed"));
+        // So is an entry whose type changed (an ignored directory becoming a file).
+        std::fs::remove_file(r.join("src/b.rs")).unwrap();
+        std::fs::remove_dir(r.join("src/dist")).unwrap();
+        write(r, "src/dist", "now a file");
+        backdate(&r.join("src"), 10);
+        assert!(updated.replay(&opts(r), 2).unwrap_err().contains("src/ changed"));
     }
 
     #[test]
@@ -562,9 +710,15 @@ mod tests {
     fn recent_directories_and_foreign_journals_are_not_trusted() {
         let (t, mut j, _) = recorded();
         assert!(j.replay(&opts(t.path()), 1).is_err(), "owners beyond the step list");
-        j.recorded_ns -= 5_000_000_000; // recorded within the racy window of the directories
-        assert!(j.replay(&opts(t.path()), 2).is_err());
-        assert!(Journal::decode(b"CJ1\0garbage").is_none());
+        // Confirmed within the racy window of the directories, and without a listing to
+        // compare (taken only of directories that were not racy at the walk).
+        for d in &mut j.dirs {
+            d.checked_ns -= 5_000_000_000;
+        }
+        assert!(j.dirs.iter().all(|d| d.listing == [0; 32]));
+        assert!(j.replay(&opts(t.path()), 2).unwrap_err().contains("modified just before it was recorded"));
+        assert!(Journal::decode(b"CJ2\0garbage").is_none());
+        assert!(Journal::decode(&[b"CJ1\0".as_slice(), &j.encode()[4..]].concat()).is_none(), "older format");
         let mut bytes = j.encode();
         bytes.pop();
         assert!(Journal::decode(&bytes).is_none(), "truncated");

@@ -276,6 +276,8 @@ pub fn scan(
                         rel: rel.to_string(),
                         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
                         ino: m.ino(),
+                        listing: [0; 32],
+                        checked_ns: 0,
                     }),
                     Err(source) => return fail(entry.path(), source),
                 }
