@@ -40,6 +40,13 @@ pub fn open_ledger(args: &RemoteEndpoint, p: &Pipeline, store: &Arc<crate::cache
         Some(e) => {
             let r = crate::deploy::ledger::RemoteLedger::new(&e.url, e.token, &e.namespace)
                 .map_err(|e| Error::Usage(format!("error: {e}")))?;
+            if !r.has_ledger() {
+                eprintln!(
+                    "note: the remote at {} is a cache without a deploy ledger (not cairn serve): approvals, leases and the journal stay in the local store, unshared",
+                    e.url
+                );
+                return Ok(Ledger::Local(store.clone()));
+            }
             Ok(Ledger::Remote(Arc::new(r)))
         }
     }

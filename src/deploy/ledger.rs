@@ -433,6 +433,9 @@ pub enum LedgerError {
     Local(String),
     #[error("the shared deploy ledger at {url}: {detail}")]
     Remote { url: String, detail: String },
+    /// The remote answers, but has no ledger (a Turborepo cache that is not `cairn serve`).
+    #[error("the remote at {url} keeps no deploy ledger (it is not cairn serve)")]
+    NotCairn { url: String },
 }
 
 /// Where the ledger lives.
@@ -483,9 +486,11 @@ impl RemoteLedger {
                     let status = r.status();
                     let body: Value = r.json().unwrap_or(Value::Null);
                     let msg = body["error"]["message"].as_str().unwrap_or("").to_string();
+                    if status.as_u16() == 404 {
+                        return Err(LedgerError::NotCairn { url: self.url.clone() });
+                    }
                     let hint = match status.as_u16() {
                         401 | 403 => "; hint: set CAIRN_TOKEN to a token that may write this namespace",
-                        404 => "; hint: the server is not `cairn serve` (or is older); deploy state needs cairn serve",
                         _ => "",
                     };
                     return Err(err(format!("HTTP {status} {msg}{hint}")));
@@ -494,6 +499,15 @@ impl RemoteLedger {
             }
         }
         Err(err(last))
+    }
+}
+
+impl RemoteLedger {
+    /// Whether the remote keeps a ledger: `false` only when it answers without one (404).
+    /// An unreachable or refusing remote counts as one, so its errors stop the deploy rather
+    /// than letting runners fall back to separate local ledgers.
+    pub fn has_ledger(&self) -> bool {
+        !matches!(self.call(&Op::LockStatus { env: String::new() }), Err(LedgerError::NotCairn { .. }))
     }
 }
 

@@ -47,13 +47,19 @@ impl Fly {
 
 /// An HTTP server on 127.0.0.1 answering 200 to everything.
 fn health_server() -> u16 {
+    http_server("200 OK")
+}
+
+/// An HTTP server on 127.0.0.1 answering `status` to everything.
+fn http_server(status: &'static str) -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 1024];
+            let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            let _ = s.write_all(answer.as_bytes());
         }
     });
     port
@@ -610,6 +616,16 @@ fn runners_sharing_a_server_share_the_lease_approvals_and_journal() {
     assert!(r.code != 0 && r.stderr.contains("shared deploy ledger at http://127.0.0.1:9"), "{}", r.stderr);
     assert_eq!(fly.calls().len(), calls, "nothing deployed");
     assert!(!(r.stdout + &r.stderr).contains(TOKEN));
+    // A remote that is a cache without a ledger (not cairn serve): deploy state stays local,
+    // and cairn says so.
+    let plain = format!("http://127.0.0.1:{}", http_server("404 Not Found"));
+    let r = a.run_with(&["lock", "status", "production", "-p", "pipelines/test.ron"], &[("CAIRN_REMOTE", &plain)]).ok();
+    assert!(
+        r.stderr.contains("keeps no deploy ledger") || r.stderr.contains("without a deploy ledger"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("production: free") && !r.stdout.contains("shared ledger"), "{}", r.stdout);
 }
 
 /// On a terminal, a closed approval gate asks for a reviewer there and then (under `script`,
