@@ -127,6 +127,21 @@ fn authorize(st: &AppState, headers: &HeaderMap, ns: &str, need: Scope) -> Resul
     }
 }
 
+/// The namespace of a request whose token may read it (`Granted<false>`) or write it
+/// (`Granted<true>`). Anything else is answered (400, 401 or 403) before the handler runs.
+struct Granted<const WRITE: bool>(String);
+
+impl<const WRITE: bool> axum::extract::FromRequestParts<Shared> for Granted<WRITE> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &Shared) -> Result<Self, Response> {
+        let Query(q) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "invalid query string"))?;
+        let need = if WRITE { Scope::Write } else { Scope::Read };
+        access(st, &q, &parts.headers, need).map(Granted)
+    }
+}
+
 /// The namespace of a request, once its token may `need` it.
 fn access(st: &AppState, q: &HashMap<String, String>, headers: &HeaderMap, need: Scope) -> Result<String, Response> {
     let ns = namespace(q)?;
@@ -180,13 +195,8 @@ async fn get_artifact(
     State(st): State<Shared>,
     method: Method,
     UrlPath(hash): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    Granted(ns): Granted<false>,
 ) -> Response {
-    let ns = match access(&st, &q, &headers, Scope::Read) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
     }
@@ -227,14 +237,10 @@ async fn get_artifact(
 async fn put_artifact(
     State(st): State<Shared>,
     UrlPath(hash): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Granted(ns): Granted<true>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ns = match access(&st, &q, &headers, Scope::Write) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "invalid artifact hash");
     }
@@ -332,13 +338,8 @@ fn record_latest(st: &AppState, ns: &str, step: &str, key: &str) {
 async fn latest_for_step(
     State(st): State<Shared>,
     UrlPath(id): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
+    Granted(ns): Granted<false>,
 ) -> Response {
-    let ns = match access(&st, &q, &headers, Scope::Read) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "step id is a blake3 hex digest");
     }
@@ -471,15 +472,7 @@ async fn status() -> Response {
     (StatusCode::OK, [("content-type", "application/json")], r#"{"status":"enabled"}"#).into_response()
 }
 
-async fn events(
-    State(st): State<Shared>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(r) = access(&st, &q, &headers, Scope::Read) {
-        return r;
-    }
+async fn events(State(st): State<Shared>, _: Granted<false>, body: axum::body::Bytes) -> Response {
     if let Ok(serde_json::Value::Array(list)) = serde_json::from_slice::<serde_json::Value>(&body) {
         let mut ev = st.events.lock().unwrap_or_else(|p| p.into_inner());
         for e in list {
@@ -494,16 +487,7 @@ async fn events(
 }
 
 /// `POST /v8/artifacts {"hashes": [...]}`: which exist, with size, duration and tag.
-async fn query(
-    State(st): State<Shared>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let ns = match access(&st, &q, &headers, Scope::Read) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
+async fn query(State(st): State<Shared>, Granted(ns): Granted<false>, body: axum::body::Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "bad_request", "expected {\"hashes\": [...]}");
     };
@@ -560,14 +544,10 @@ fn ledger_of(st: &AppState, ns: &str) -> Result<Arc<Mutex<crate::cache::index::I
 /// run in one transaction by the server's clock. Reads need a read token, the rest a write token.
 async fn ledger_op(
     State(st): State<Shared>,
-    Query(q): Query<HashMap<String, String>>,
+    Granted(ns): Granted<false>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ns = match access(&st, &q, &headers, Scope::Read) {
-        Ok(ns) => ns,
-        Err(r) => return r,
-    };
     let op: crate::deploy::ledger::Op = match serde_json::from_slice(&body) {
         Ok(op) => op,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("not a ledger operation: {e}")),
