@@ -271,27 +271,16 @@ async fn put_artifact(
     }
     let meta = Meta { size, digest, duration_ms, tag };
     let indexed = step_of_envelope(&hash, size, &tmp);
-    if let Some(s3) = &st.opts.s3 {
-        let r = publish_s3(s3, &ns, &hash, &tmp, &meta).await;
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return match r {
-            Ok(()) => {
-                if let Some((step, key)) = &indexed {
-                    record_latest(&st, &ns, step, key);
-                }
-                let body = serde_json::json!({"urls": [format!("{ns}/{hash}")]});
-                (StatusCode::ACCEPTED, [("content-type", "application/json")], body.to_string()).into_response()
-            }
-            Err(resp) => resp,
-        };
-    }
-    let published = tokio::task::spawn_blocking({
-        let st = st.clone();
-        let (ns, hash, tmp) = (ns.clone(), hash.clone(), tmp.clone());
-        move || publish(&st, &ns, &hash, &tmp, &meta)
-    })
-    .await
-    .unwrap_or_else(|e| Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string())));
+    let published = match &st.opts.s3 {
+        Some(s3) => publish_s3(s3, &ns, &hash, &tmp, &meta).await,
+        None => tokio::task::spawn_blocking({
+            let st = st.clone();
+            let (ns, hash, tmp) = (ns.clone(), hash.clone(), tmp.clone());
+            move || publish(&st, &ns, &hash, &tmp, &meta)
+        })
+        .await
+        .unwrap_or_else(|e| Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()))),
+    };
     let _ = tokio::fs::remove_file(&tmp).await;
     match published {
         Ok(()) => {
