@@ -91,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE scan_journals (sig TEXT PRIMARY KEY, data BLOB NOT NULL, at INTEGER NOT NULL);",
     // 8: signed approvals keep their token, verified again whenever a gate is checked.
     "ALTER TABLE approvals ADD COLUMN token TEXT NOT NULL DEFAULT '';",
+    // 9: scan journals moved to files (`journals/` in the store); the table stays for older
+    // binaries sharing the store, emptied here.
+    "DELETE FROM scan_journals;",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
@@ -149,7 +152,8 @@ pub struct Row {
     pub step: String,
     pub blob: String,
     pub outputs_digest: String,
-    pub manifest: String,
+    /// The key manifest (JSON); `None` when the row was read without it ([`Index::lookup`]).
+    pub manifest: Option<String>,
     pub duration_ms: u64,
     pub blob_size: u64,
     pub created_at: i64,
@@ -175,6 +179,10 @@ pub struct Index {
 
 const COLUMNS: &str =
     "key, step, blob, outputs_digest, manifest, duration_ms, blob_size, created_at, last_used, pinned, log_bytes";
+/// [`COLUMNS`] without the manifest, which is tens of kilobytes for a step with hundreds of
+/// inputs and which a hit never needs.
+const BRIEF_COLUMNS: &str =
+    "key, step, blob, outputs_digest, NULL, duration_ms, blob_size, created_at, last_used, pinned, log_bytes";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -237,8 +245,16 @@ impl Index {
 
     pub fn get(&self, key: &str) -> Result<Option<Row>, IndexError> {
         self.conn
-            .query_row(&format!("SELECT {COLUMNS} FROM entries WHERE key = ?1"), [key], row)
-            .optional()
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM entries WHERE key = ?1"))
+            .and_then(|mut st| st.query_row([key], row).optional())
+            .map_err(ctx("lookup"))
+    }
+
+    /// [`Index::get`] without the manifest: the lookup of every step of every build.
+    pub fn lookup(&self, key: &str) -> Result<Option<Row>, IndexError> {
+        self.conn
+            .prepare_cached(&format!("SELECT {BRIEF_COLUMNS} FROM entries WHERE key = ?1"))
+            .and_then(|mut st| st.query_row([key], row).optional())
             .map_err(ctx("lookup"))
     }
 
@@ -267,7 +283,7 @@ impl Index {
                     r.step,
                     r.blob,
                     r.outputs_digest,
-                    r.manifest,
+                    r.manifest.as_deref().unwrap_or_default(),
                     r.duration_ms as i64,
                     r.blob_size as i64,
                     r.created_at,
@@ -355,14 +371,6 @@ impl Index {
         Ok(data.map(|d| decode_stat_cache(&d)).unwrap_or_default())
     }
 
-    pub fn load_journal(&self, sig: &str) -> Result<Option<Vec<u8>>, IndexError> {
-        self.conn
-            .query_row("SELECT data FROM scan_journals WHERE sig = ?1", [sig], |r| r.get(0))
-            .optional()
-            .map_err(ctx("scan journal"))
-    }
-
-    /// Keep the journal of `sig`; journals of walk rules unused for 30 days are dropped.
     pub fn save_journal(&self, sig: &str, data: &[u8], now_ms: i64) -> Result<(), IndexError> {
         self.conn
             .execute(
@@ -400,12 +408,10 @@ impl Index {
 
     pub fn installed(&self, root: &str, step: &str) -> Result<Option<(String, String, i64)>, IndexError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT outputs_digest, fingerprint, recorded_ns FROM installed WHERE root = ?1 AND step = ?2",
-                [root, step],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()
+            .and_then(|mut st| st.query_row([root, step], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
             .map_err(ctx("installed"))
     }
 

@@ -50,7 +50,8 @@ pub struct Entry {
     pub outputs_digest: String,
     /// The key manifest as stored (JSON); parsed on demand by [`Entry::manifest`], since a hit
     /// never needs it and parsing one with hundreds of inputs costs more than the lookup.
-    pub manifest_json: String,
+    /// `None` for entries from [`Store::lookup`], which does not read it.
+    pub manifest_json: Option<String>,
     pub duration_ms: u64,
     pub blob_size: u64,
     pub created_at: i64,
@@ -81,7 +82,7 @@ impl From<Row> for Entry {
 impl Entry {
     /// The stored key manifest, if it parses (entries from older key schemas may not).
     pub fn manifest(&self) -> Option<KeyManifest> {
-        serde_json::from_str(&self.manifest_json).ok()
+        serde_json::from_str(self.manifest_json.as_deref()?).ok()
     }
 }
 
@@ -157,7 +158,7 @@ impl Store {
     pub fn lookup(&self, step: &str, key: &str, manifest: &KeyManifest) -> Result<Lookup, StoreError> {
         let (row, evicted) = {
             let idx = self.index();
-            match idx.get(key)? {
+            match idx.lookup(key)? {
                 Some(row) => (Some(row), None),
                 None => (None, idx.eviction(key)?),
             }
@@ -319,14 +320,39 @@ impl Store {
         Ok(self.index().save_stat_cache(root, base, rows)?)
     }
 
-    /// The scan journal recorded for walk rules `sig`, if any and readable.
+    /// The scan journal recorded for walk rules `sig`, if any and intact.
+    ///
+    /// Journals are plain files (`journals/<sig>` in the store), not index rows: a no-op build
+    /// reads one whole, and a file is one `read` where a 2 MB row is a chain of overflow
+    /// pages. A journal is a cache of what a walk would find, checked by its own checksum; a
+    /// torn or missing one means a walk.
     pub fn load_journal(&self, sig: &str) -> Option<crate::inputs::journal::Journal> {
-        let data = self.index().load_journal(sig).ok()??;
+        let data = fs::read(self.dir.join("journals").join(sig)).ok()?;
         crate::inputs::journal::Journal::decode(&data)
     }
 
+    /// Keep the journal of `sig` (written aside, then renamed over the old one); journals
+    /// of walk rules unused for 30 days are removed.
     pub fn save_journal(&self, sig: &str, journal: &crate::inputs::journal::Journal) -> Result<(), StoreError> {
-        Ok(self.index().save_journal(sig, &journal.encode(), now_ms())?)
+        let dir = self.dir.join("journals");
+        let io = |context: &str| {
+            let (dir, context) = (dir.clone(), context.to_string());
+            move |source| StoreError::Io { dir, context, source }
+        };
+        fs::create_dir_all(&dir).map_err(io("creating the journal directory"))?;
+        let tmp = self.tmp_dir().join(format!("journal-{}", archive::unique()));
+        fs::write(&tmp, journal.encode()).map_err(io("writing a scan journal"))?;
+        if let Err(e) = fs::rename(&tmp, dir.join(sig)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io("publishing a scan journal")(e));
+        }
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < month_ago) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(())
     }
 
     /// Keep a lock file's content by digest (for structural diffs in `cairn why`).
@@ -484,7 +510,7 @@ impl Pending {
             step: self.step,
             blob: packed.blob_digest,
             outputs_digest: packed.outputs_digest,
-            manifest: self.manifest.canonical(),
+            manifest: Some(self.manifest.canonical()),
             duration_ms,
             blob_size: packed.blob_size,
             created_at: now,

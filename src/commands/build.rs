@@ -12,8 +12,10 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let t_all = std::time::Instant::now();
     let p = load_pipeline(&args.pipeline.pipeline)?;
     let g = Graph::build(&p)?;
+    exec::timing("load pipeline and graph", t_all);
     let root = project_root(&args.pipeline.pipeline);
     let (store, cache_dir) = open_store(&args.store, &root)?;
+    exec::timing("open store", t_all);
     let targets: Vec<String> =
         if args.steps.is_empty() { p.steps.names().map(String::from).collect() } else { args.steps.clone() };
     let selected = g.closure(&targets)?;
@@ -113,6 +115,9 @@ fn finish(f: Finish) -> Result<(), Error> {
     // Mask once; everything below (store, stdout, files, renderers) sees only the masked summary.
     let mut value = serde_json::to_value(&summary).expect("summaries serialise");
     prepared.masker.mask_json(&mut value);
+    // The key manifests hold a path and a digest per input file of every step: freeing them
+    // one by one costs a no-op build more than a millisecond, and the process ends next.
+    std::mem::forget(prepared.manifests);
     let json = value.to_string();
     let summary: report::RunSummary = serde_json::from_value(value).expect("masking strings keeps the shape");
     if let Err(e) = store.save_run(&id, started_at, &summary.pipeline, &json) {

@@ -286,6 +286,7 @@ pub fn prepare(
         timing("save scan journal", t);
     }
 
+    let t = Instant::now();
     let mut manifests = BTreeMap::new();
     let mut inputs_by_node = BTreeMap::new();
     for (k, &i) in selected.iter().enumerate() {
@@ -325,6 +326,7 @@ pub fn prepare(
         );
         inputs_by_node.insert(i, step_in[k].clone());
     }
+    timing("assemble manifests", t);
     Ok(Prepared { manifests, inputs: inputs_by_node, masker, secret_values, scan: snap.stats, walk })
 }
 

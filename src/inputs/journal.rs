@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 4] = b"CJ2\0";
+const MAGIC: &[u8; 4] = b"CJ3\0";
 
 /// A directory the walk entered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +93,20 @@ fn dir_mtime(path: &Path) -> Option<(i64, u64)> {
     Some((mtime, ino))
 }
 
+/// A range of one of the journal's arenas (`names`, `owners`): a decoded journal is one
+/// allocation per arena, not two per file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
 /// A file the walk kept: an input of some steps, or an ignore file (a guard).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileRec {
     dir: u32,
-    name: String,
+    /// In [`Journal::names`].
+    name: Span,
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
@@ -107,7 +116,8 @@ struct FileRec {
     /// An ignore file: any change sends the run to the full walk.
     guard: bool,
     digest: [u8; 32],
-    owners: Vec<u32>,
+    /// The steps reading the file, in [`Journal::owners`]; none for a guard.
+    owners: Span,
 }
 
 /// `(size, mtime, ctime, ino)` of a path outside the walk, or `None` when it did not exist.
@@ -122,6 +132,10 @@ pub struct Journal {
     outside: Vec<(PathBuf, Probe)>,
     dirs: Vec<DirRec>,
     files: Vec<FileRec>,
+    /// Every file's name, one after the other.
+    names: String,
+    /// Every file's owning steps, one run after the other.
+    owners: Vec<u32>,
 }
 
 /// The walk rules a journal is valid for.
@@ -211,13 +225,18 @@ impl Journal {
         }
         let index: HashMap<&str, u32> = dirs.iter().enumerate().map(|(i, d)| (d.rel.as_str(), i as u32)).collect();
         let mut recs = Vec::with_capacity(files.len() + guards.len());
+        let (mut names, mut owner_runs) = (String::new(), Vec::new());
         let with_owners = files.into_iter().map(|(r, s, o)| (r, s, o, true));
         for (rel, st, owners, matched) in with_owners.chain(guards.into_iter().map(|(r, s)| (r, s, vec![], false))) {
             let (dir, name) = split(&rel);
             let digest = if matched { unhex32(&st.digest)? } else { [0; 32] };
+            let name_span = Span { at: names.len() as u32, len: name.len() as u32 };
+            names.push_str(name);
+            let owner_span = Span { at: owner_runs.len() as u32, len: owners.len() as u32 };
+            owner_runs.extend(owners.into_iter().map(|o| o as u32));
             recs.push(FileRec {
                 dir: *index.get(dir)?,
-                name: name.to_string(),
+                name: name_span,
                 size: st.size,
                 mtime_ns: st.mtime_ns,
                 ctime_ns: st.ctime_ns,
@@ -226,14 +245,37 @@ impl Journal {
                 exec: st.exec,
                 guard: is_guard(name),
                 digest,
-                owners: owners.into_iter().map(|o| o as u32).collect(),
+                owners: owner_span,
             });
         }
-        recs.sort_by(|a, b| (a.dir, &a.name).cmp(&(b.dir, &b.name)));
+        let text = |s: Span| &names[s.at as usize..(s.at + s.len) as usize];
+        recs.sort_by(|a, b| (a.dir, text(a.name)).cmp(&(b.dir, text(b.name))));
+        // The arenas again, in record order: what `decode` builds from `encode`.
+        let (mut sorted_names, mut sorted_owners) = (String::with_capacity(names.len()), Vec::new());
+        for r in &mut recs {
+            let at = sorted_names.len() as u32;
+            sorted_names.push_str(text(r.name));
+            r.name.at = at;
+            let at = sorted_owners.len() as u32;
+            sorted_owners.extend_from_slice(&owner_runs[r.owners.at as usize..(r.owners.at + r.owners.len) as usize]);
+            r.owners.at = at;
+        }
         let outside = outside_paths(opts).into_iter().map(|p| (p.clone(), probe(&p))).collect();
-        Some(Journal { recorded_ns, outside, dirs, files: recs })
+        Some(Journal { recorded_ns, outside, dirs, files: recs, names: sorted_names, owners: sorted_owners })
     }
 
+    /// A recorded file's name.
+    fn name(&self, f: &FileRec) -> &str {
+        &self.names[f.name.at as usize..(f.name.at + f.name.len) as usize]
+    }
+
+    /// The steps reading a recorded file.
+    fn owners(&self, f: &FileRec) -> &[u32] {
+        &self.owners[f.owners.at as usize..(f.owners.at + f.owners.len) as usize]
+    }
+
+    /// The journal as bytes, ending in the blake3 of everything before it: a journal is a
+    /// plain file, and a torn or damaged one must read as no journal at all.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.files.len() * 96);
         out.extend_from_slice(MAGIC);
@@ -265,22 +307,29 @@ impl Journal {
         out.extend_from_slice(&(self.files.len() as u32).to_le_bytes());
         for f in &self.files {
             out.extend_from_slice(&f.dir.to_le_bytes());
-            bytes(&mut out, f.name.as_bytes());
+            bytes(&mut out, self.name(f).as_bytes());
             for v in [f.size, f.mtime_ns as u64, f.ctime_ns as u64, f.ino, f.recorded_ns as u64] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             out.push(u8::from(f.exec) | u8::from(f.guard) << 1);
             out.extend_from_slice(&f.digest);
-            out.extend_from_slice(&(f.owners.len() as u32).to_le_bytes());
-            for o in &f.owners {
+            let owners = self.owners(f);
+            out.extend_from_slice(&(owners.len() as u32).to_le_bytes());
+            for o in owners {
                 out.extend_from_slice(&o.to_le_bytes());
             }
         }
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
         out
     }
 
     /// `None` for anything but a well-formed journal of this version (then: full walk).
     pub fn decode(data: &[u8]) -> Option<Journal> {
+        let (data, sum) = data.split_at_checked(data.len().checked_sub(32)?)?;
+        if blake3::hash(data).as_bytes() != sum {
+            return None;
+        }
         let mut r = Reader { data, at: 0 };
         if r.take(4)? != MAGIC {
             return None;
@@ -303,23 +352,27 @@ impl Journal {
         }
         let n = r.u32()? as usize;
         let mut files = Vec::with_capacity(n.min(1 << 22));
+        let mut names = String::with_capacity(n.min(1 << 22) * 16);
+        let mut owner_runs = Vec::with_capacity(n.min(1 << 22));
         for _ in 0..n {
             let dir = r.u32()?;
             if dir as usize >= dirs.len() {
                 return None;
             }
-            let name = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            let name = std::str::from_utf8(r.bytes()?).ok()?;
+            let name_span = Span { at: u32::try_from(names.len()).ok()?, len: name.len() as u32 };
+            names.push_str(name);
             let (size, mtime_ns, ctime_ns, ino, recorded_ns) =
                 (r.u64()?, r.u64()? as i64, r.u64()? as i64, r.u64()?, r.u64()? as i64);
             let flags = r.take(1)?[0];
             let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
-            let mut owners = Vec::new();
-            for _ in 0..r.u32()? {
-                owners.push(r.u32()?);
+            let owners = Span { at: u32::try_from(owner_runs.len()).ok()?, len: r.u32()? };
+            for _ in 0..owners.len {
+                owner_runs.push(r.u32()?);
             }
             files.push(FileRec {
                 dir,
-                name,
+                name: name_span,
                 size,
                 mtime_ns,
                 ctime_ns,
@@ -331,7 +384,7 @@ impl Journal {
                 owners,
             });
         }
-        (r.at == data.len()).then_some(Journal { recorded_ns, outside, dirs, files })
+        (r.at == data.len()).then_some(Journal { recorded_ns, outside, dirs, files, names, owners: owner_runs })
     }
 
     /// Replay the journal against the tree. `Ok(snapshot)` when every directory and ignore
@@ -339,7 +392,7 @@ impl Journal {
     /// carries the updated journal); otherwise why only a full walk can tell.
     pub fn replay(&self, opts: &WalkOptions, steps: usize) -> Result<Snapshot, String> {
         let racy = RACY_WINDOW.as_nanos() as i64;
-        if self.files.iter().any(|f| f.owners.iter().any(|&o| o as usize >= steps)) {
+        if self.owners.iter().any(|&o| o as usize >= steps) {
             return Err("recorded for other steps".into());
         }
         if let Some((p, _)) = self.outside.iter().find(|(p, pr)| probe(p) != *pr) {
@@ -372,7 +425,9 @@ impl Journal {
                 confirmed.push((k, mtime, checked));
             }
         }
-        // Split the directories into contiguous runs of about equal file counts.
+        // Split the directories into contiguous runs of about equal file counts, several per
+        // thread: the threads take runs as they go, so one descheduled thread (the outputs
+        // are fingerprinted on another at the same time) does not hold the others up.
         let threads = opts.threads.clamp(1, 16);
         let mut starts = vec![0usize; self.dirs.len() + 1];
         for f in &self.files {
@@ -381,7 +436,7 @@ impl Journal {
         for i in 0..self.dirs.len() {
             starts[i + 1] += starts[i];
         }
-        let per = self.files.len().div_ceil(threads).max(1);
+        let per = self.files.len().div_ceil(threads * 8).max(256);
         let mut chunks: Vec<(usize, usize)> = Vec::new();
         let mut first = 0;
         for d in 0..self.dirs.len() {
@@ -391,19 +446,37 @@ impl Journal {
             }
         }
         let started_ns = now_ns();
-        let results: Vec<Result<Replayed, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunks
-                .iter()
-                .map(|&(a, b)| {
-                    let starts = &starts;
-                    s.spawn(move || self.replay_dirs(opts, a, b, starts, racy, started_ns, steps))
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut results: Vec<(usize, Result<Replayed, String>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads.min(chunks.len()))
+                .map(|_| {
+                    let (starts, chunks, next) = (&starts, &chunks, &next);
+                    s.spawn(move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&(a, b)) = chunks.get(c) else { break };
+                            let r = self.replay_dirs(opts, a, b, starts, racy, started_ns, steps);
+                            let failed = r.is_err();
+                            done.push((c, r));
+                            if failed {
+                                next.store(chunks.len(), std::sync::atomic::Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                        done
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a stat thread panicked".into()))).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|_| vec![(0, Err("a stat thread panicked".into()))]))
+                .collect()
         });
+        results.sort_by_key(|(c, _)| *c);
         let mut changed: BTreeMap<usize, StatEntry> = BTreeMap::new();
         let mut per_step: Vec<Vec<(String, FileDigest)>> = vec![Vec::new(); steps];
-        for r in results {
+        for (_, r) in results {
             let r = r?;
             changed.extend(r.changed);
             for (all, part) in per_step.iter_mut().zip(r.per_step) {
@@ -413,7 +486,7 @@ impl Journal {
 
         let mut snapshot = Snapshot::default();
         let mut stats = ScanStats { replayed: true, ..Default::default() };
-        stats.files = self.files.iter().filter(|f| !f.owners.is_empty()).count() as u64;
+        stats.files = self.files.iter().filter(|f| f.owners.len > 0).count() as u64;
         stats.reused = stats.files - changed.len() as u64;
         let mut updated = (!changed.is_empty() || !confirmed.is_empty()).then(|| self.clone());
         for &(k, mtime, checked) in &confirmed {
@@ -429,14 +502,9 @@ impl Journal {
             u.digest = unhex32(&st.digest).ok_or("bad digest")?;
             snapshot.updates.push((self.rel(i), st.clone()));
         }
-        // Sorted runs build a map in one pass (no insert per file).
-        snapshot.per_step = per_step
-            .into_iter()
-            .map(|mut v| {
-                v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                v.into_iter().collect()
-            })
-            .collect();
+        // Each thread sorted its part: a map is built from concatenated sorted runs, which its
+        // (stable, run-detecting) sort merges in about one pass.
+        snapshot.per_step = per_step.into_iter().map(|v| v.into_iter().collect()).collect();
         snapshot.stats = stats;
         snapshot.journal = updated;
         Ok(snapshot)
@@ -447,9 +515,9 @@ impl Journal {
         let f = &self.files[i];
         let dir = &self.dirs[f.dir as usize].rel;
         if dir.is_empty() {
-            f.name.clone()
+            self.name(f).to_string()
         } else {
-            format!("{dir}/{}", f.name)
+            format!("{dir}/{}", self.name(f))
         }
     }
 
@@ -471,7 +539,7 @@ impl Journal {
         let mut changed = Vec::new();
         let mut per_step: Vec<Vec<(String, FileDigest)>> = vec![Vec::new(); steps];
         let mut entry = |f: &FileRec, rel: String, digest: String, exec: bool| {
-            let (last, rest) = match f.owners.split_last() {
+            let (last, rest) = match self.owners(f).split_last() {
                 Some(x) => x,
                 None => return,
             };
@@ -493,9 +561,10 @@ impl Journal {
             }
             for i in starts[d]..starts[d + 1] {
                 let f = &self.files[i];
-                let rel = || if rec.rel.is_empty() { f.name.clone() } else { format!("{}/{}", rec.rel, f.name) };
-                let st = rustix::fs::statat(&fd, f.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| format!("{}: {e}", rel()))?;
+                let fname = self.name(f);
+                let rel = || if rec.rel.is_empty() { fname.to_string() } else { format!("{}/{fname}", rec.rel) };
+                let st =
+                    rustix::fs::statat(&fd, fname, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("{}: {e}", rel()))?;
                 let kind = FileType::from_raw_mode(st.st_mode);
                 if !matches!(kind, FileType::RegularFile | FileType::Symlink) {
                     return Err(format!("{} is no longer a file", rel()));
@@ -509,7 +578,7 @@ impl Journal {
                     && exec == f.exec
                     && mtime_ns + racy <= f.recorded_ns
                 {
-                    if !f.owners.is_empty() {
+                    if f.owners.len > 0 {
                         entry(f, rel(), hex32(&f.digest), f.exec);
                     }
                     continue;
@@ -517,7 +586,7 @@ impl Journal {
                 if f.guard {
                     return Err(format!("ignore file {} changed", rel()));
                 }
-                let full = path.join(&f.name);
+                let full = path.join(fname);
                 let meta = std::fs::symlink_metadata(&full).map_err(|e| format!("{}: {e}", rel()))?;
                 let (digest, _) = hash_file(&full, &meta).map_err(|e| format!("{}: {e}", rel()))?;
                 let exec = !meta.file_type().is_symlink() && meta.mode() & 0o111 != 0;
@@ -536,12 +605,15 @@ impl Journal {
                 ));
             }
         }
+        for v in &mut per_step {
+            v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         Ok(Replayed { changed, per_step })
     }
 }
 
-/// What one replay thread found: files that changed (re-hashed), and its files' manifest
-/// entries per step.
+/// What the replay of one run of directories found: files that changed (re-hashed), and its
+/// files' manifest entries per step, each sorted by path.
 struct Replayed {
     changed: Vec<(usize, StatEntry)>,
     per_step: Vec<Vec<(String, FileDigest)>>,
@@ -717,10 +789,19 @@ mod tests {
         }
         assert!(j.dirs.iter().all(|d| d.listing == [0; 32]));
         assert!(j.replay(&opts(t.path()), 2).unwrap_err().contains("modified just before it was recorded"));
-        assert!(Journal::decode(b"CJ2\0garbage").is_none());
-        assert!(Journal::decode(&[b"CJ1\0".as_slice(), &j.encode()[4..]].concat()).is_none(), "older format");
+        assert!(Journal::decode(b"CJ3\0garbage").is_none());
+        let mut older = j.encode();
+        older.truncate(older.len() - 32);
+        older[..4].copy_from_slice(b"CJ2\0");
+        let sum = blake3::hash(&older);
+        older.extend_from_slice(sum.as_bytes());
+        assert!(Journal::decode(&older).is_none(), "older format, with a valid checksum");
         let mut bytes = j.encode();
         bytes.pop();
         assert!(Journal::decode(&bytes).is_none(), "truncated");
+        let mut bytes = j.encode();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        assert!(Journal::decode(&bytes).is_none(), "one bit flipped (a torn or damaged file)");
     }
 }
