@@ -76,6 +76,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ArchiveError 
     move |source| ArchiveError::Io { context, source }
 }
 
+/// How much of a tar stream is gathered before it is hashed and compressed.
+const STREAM_BUFFER: usize = 256 << 10;
+
 /// A writer that hashes what passes through; hashing can be switched off.
 struct Hashing<W> {
     inner: W,
@@ -122,6 +125,10 @@ pub struct Packed {
     pub raw_bytes: u64,
     /// Total size of the logs (0: a hit has nothing to replay and needn't open the blob).
     pub log_bytes: u64,
+    /// The outputs' stat fingerprint as packed and when it was taken (see
+    /// [`crate::inputs::outputs_fingerprint`]); `None` for an archive that was not packed
+    /// here (fetched from a remote).
+    pub fingerprint: Option<(String, i64)>,
 }
 
 enum Kind {
@@ -136,6 +143,26 @@ struct Item {
     kind: Kind,
     mode: u32,
     size: u64,
+    /// The entry's `lstat`, as an outputs fingerprint keeps it.
+    stat: crate::inputs::FingerprintStat,
+}
+
+impl Item {
+    fn new(rel: &str, abs: PathBuf, kind: Kind, meta: &fs::Metadata) -> Item {
+        let stat = crate::inputs::FingerprintStat {
+            size: meta.len(),
+            mode: meta.mode(),
+            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ino: meta.ino(),
+            ctime: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        };
+        let (mode, size) = match kind {
+            Kind::Symlink(_) => (0o777, 0),
+            Kind::File => (meta.mode() & 0o777, meta.len()),
+            Kind::Dir => (meta.mode() & 0o777, 0),
+        };
+        Item { rel: rel.to_string(), abs, kind, mode, size, stat }
+    }
 }
 
 fn collect(root: &Path, rel: &str, out: &mut Vec<Item>) -> Result<(), ArchiveError> {
@@ -148,14 +175,13 @@ fn collect(root: &Path, rel: &str, out: &mut Vec<Item>) -> Result<(), ArchiveErr
         }
     })?;
     let ft = meta.file_type();
-    let mode = meta.mode() & 0o777;
     if ft.is_symlink() {
         let target = fs::read_link(&abs).map_err(io_err(format!("reading link {rel}")))?;
-        out.push(Item { rel: rel.to_string(), abs, kind: Kind::Symlink(target), mode: 0o777, size: 0 });
+        out.push(Item::new(rel, abs, Kind::Symlink(target), &meta));
     } else if ft.is_file() {
-        out.push(Item { rel: rel.to_string(), abs, kind: Kind::File, mode, size: meta.len() });
+        out.push(Item::new(rel, abs, Kind::File, &meta));
     } else if ft.is_dir() {
-        out.push(Item { rel: rel.to_string(), abs: abs.clone(), kind: Kind::Dir, mode, size: 0 });
+        out.push(Item::new(rel, abs.clone(), Kind::Dir, &meta));
         let mut names: Vec<_> = fs::read_dir(&abs)
             .map_err(io_err(format!("listing {rel}")))?
             .map(|e| e.map(|e| e.file_name()))
@@ -234,10 +260,12 @@ pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
     }
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
-    let mut b = tar::Builder::new(Hashing { inner: io::sink(), hasher: Some(blake3::Hasher::new()), count: 0 });
+    let sink = Hashing { inner: io::sink(), hasher: Some(blake3::Hasher::new()), count: 0 };
+    let mut b = tar::Builder::new(BufWriter::with_capacity(STREAM_BUFFER, sink));
     b.mode(tar::HeaderMode::Deterministic);
     append_items(&mut b, &items).ok()?;
-    Some(b.get_mut().hasher.take().expect("set above").finalize().to_hex().to_string())
+    b.get_mut().flush().ok()?;
+    Some(b.get_mut().get_mut().hasher.take().expect("set above").finalize().to_hex().to_string())
 }
 
 /// Pack `outputs` (relative to `root`) and logs into a temporary file in `tmp_dir`.
@@ -248,10 +276,20 @@ pub fn pack(
     tmp_dir: &Path,
     level: i32,
 ) -> Result<Packed, ArchiveError> {
+    // The outputs' fingerprint comes from the stats the walk takes anyway: each output's
+    // entries in walk order are what `outputs_fingerprint` visits. Taken before any stat, so
+    // the racy-window check stays sound.
+    let fingerprinted_ns = crate::inputs::now_ns();
     let mut items = Vec::new();
+    let (mut fp, mut newest) = (Vec::with_capacity(64 * 1024), 0i64); // `newest` is unused here
     for out in outputs {
+        let from = items.len();
         collect(root, &normalize_output(out), &mut items)?;
+        for it in &items[from..] {
+            crate::inputs::fingerprint_entry(&mut fp, it.rel.as_bytes(), it.stat, &mut newest);
+        }
     }
+    let fingerprint = Some((blake3::hash(&fp).to_hex().to_string(), fingerprinted_ns));
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
 
@@ -266,18 +304,24 @@ pub fn pack(
         let _ = enc.multithread(workers);
     }
     // Logs first, so they can be replayed without reading the whole archive; the outputs
-    // digest covers what follows them.
-    let tarw = Hashing { inner: enc, hasher: None, count: 0 };
+    // digest covers what follows them. The tar stream is buffered before it is hashed and
+    // compressed: blake3 hashes 16 chunks at once only when it is given them at once, and
+    // tar writes a 512-byte header and then 8 KiB at a time.
+    let tarw = BufWriter::with_capacity(STREAM_BUFFER, Hashing { inner: enc, hasher: None, count: 0 });
     let mut b = tar::Builder::new(tarw);
     b.mode(tar::HeaderMode::Deterministic);
     for (name, bytes) in logs {
         let mut h = header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
         b.append_data(&mut h, name, *bytes).map_err(io_err("archiving logs"))?;
     }
-    b.get_mut().hasher = Some(blake3::Hasher::new());
+    b.get_mut().flush().map_err(io_err("archiving logs"))?;
+    b.get_mut().get_mut().hasher = Some(blake3::Hasher::new());
     let raw_bytes = append_items(&mut b, &items)?;
-    let outputs_digest = b.get_mut().hasher.take().expect("set above").finalize().to_hex().to_string();
+    b.get_mut().flush().map_err(io_err("archiving outputs"))?;
+    let outputs_digest = b.get_mut().get_mut().hasher.take().expect("set above").finalize().to_hex().to_string();
     let tarw = b.into_inner().map_err(io_err("finishing the archive"))?;
+    let tarw =
+        tarw.into_inner().map_err(|e| ArchiveError::Io { context: "flushing".into(), source: e.into_error() })?;
     let blob = tarw.inner.finish().map_err(io_err("finishing zstd"))?;
     let blob_digest = blob.hasher.expect("set above").finalize().to_hex().to_string();
     let blob_size = blob.count;
@@ -285,7 +329,16 @@ pub fn pack(
         blob.inner.into_inner().map_err(|e| ArchiveError::Io { context: "flushing".into(), source: e.into_error() })?;
     file.sync_all().map_err(io_err("syncing the archive"))?;
     let log_bytes = logs.iter().map(|(_, b)| b.len() as u64).sum();
-    Ok(Packed { tmp_path, blob_digest, outputs_digest, blob_size, files: items.len() as u64, raw_bytes, log_bytes })
+    Ok(Packed {
+        tmp_path,
+        blob_digest,
+        outputs_digest,
+        blob_size,
+        files: items.len() as u64,
+        raw_bytes,
+        log_bytes,
+        fingerprint,
+    })
 }
 
 /// What came out of an archive besides the staged files.
@@ -424,8 +477,11 @@ fn read_entries(
     tx: &std::sync::mpsc::SyncSender<FileJob>,
     writer_error: &std::sync::Mutex<Option<ArchiveError>>,
 ) -> Result<Unpacked, ArchiveError> {
-    let reader = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
-    let dec = zstd::stream::Decoder::with_buffer(BufReader::new(reader)).map_err(io_err("starting zstd"))?;
+    // The blob is read (and hashed) a megabyte at a time: blake3 is several times faster on
+    // large pieces than on the 8 KiB a default buffer would hand it.
+    let reader = HashingReader { inner: file, hasher: blake3::Hasher::new() };
+    let dec = zstd::stream::Decoder::with_buffer(BufReader::with_capacity(1 << 20, reader))
+        .map_err(io_err("starting zstd"))?;
     let mut archive = tar::Archive::new(dec);
     let mut out = Unpacked::default();
     let mut seen: HashSet<PathBuf> = HashSet::new();
@@ -672,5 +728,28 @@ mod tests {
         assert_eq!(fs::read_link(staging.join("out/link")).unwrap(), Path::new("a.txt"));
         let wrong = unpack(&p1.tmp_path, &p2.blob_digest, &t.path().join("staging2"), Limits::default());
         assert!(matches!(wrong, Err(ArchiveError::Digest { .. })));
+    }
+
+    #[test]
+    fn the_packer_fingerprints_outputs_exactly_as_a_later_check_does() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        // Names whose byte order differs from path order (`b.txt` < `b/` as strings), a
+        // symlink, an executable, and outputs that overlap (`out/` holds `out/deps/`).
+        for (rel, text) in [("out/b.txt", "1"), ("out/b/x", "2"), ("out/deps/lib/c", "3"), ("gen.h", "4")] {
+            fs::create_dir_all(root.join(rel).parent().unwrap()).unwrap();
+            fs::write(root.join(rel), text).unwrap();
+        }
+        fs::set_permissions(root.join("out/b/x"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("b.txt", root.join("out/link")).unwrap();
+        let outs = vec!["out/".to_string(), "./out/deps".to_string(), "gen.h".to_string()];
+        let before = crate::inputs::now_ns();
+        let p = pack(&root, &outs, &[], &t.path().join("tmp"), 3).unwrap();
+        let (fp, taken) = p.fingerprint.clone().unwrap();
+        assert_eq!(Some(fp.clone()), crate::inputs::outputs_fingerprint(&root, &outs).map(|(f, _)| f));
+        assert!(taken >= before, "taken before the stats, not before the call");
+        // A changed output changes the later check's fingerprint, not the recorded one.
+        fs::write(root.join("out/deps/lib/c"), "three").unwrap();
+        assert_ne!(Some(fp), crate::inputs::outputs_fingerprint(&root, &outs).map(|(f, _)| f));
     }
 }

@@ -198,6 +198,12 @@ impl Store {
         }
     }
 
+    /// Record that `step`'s outputs in `root` are those of `outputs_digest`, with the stat
+    /// fingerprint `fingerprint` taken at `taken_ns` (by the packer, which stats them anyway).
+    pub fn set_installed(&self, root: &Path, step: &str, outputs_digest: &str, fingerprint: &str, taken_ns: i64) {
+        let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, fingerprint, taken_ns);
+    }
+
     /// Are `step`'s outputs in `root` still exactly what an earlier run or restore of
     /// `outputs_digest` left there? (Stat fingerprint, with the racy-window guard.)
     /// `fingerprint` takes the outputs' current stat fingerprint (possibly taken ahead).

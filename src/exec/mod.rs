@@ -866,6 +866,7 @@ impl Job<'_> {
             return report;
         };
         // Inputs must not have changed while the step ran.
+        let t = Instant::now();
         let inputs = &self.prepared.inputs[&self.node];
         match inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()) {
             Ok(after) if after.per_step[0] != self.manifest.inputs => {
@@ -881,8 +882,12 @@ impl Job<'_> {
                 return report;
             }
         }
+        timing("re-check inputs", t);
         let logs: [(&str, &[u8]); 2] = [(archive::LOG_STDOUT, &outcome.stdout), (archive::LOG_STDERR, &outcome.stderr)];
-        match archive::pack(&b.root, &node.step.outputs, &logs, &b.store.tmp_dir(), b.zstd_level) {
+        let t = Instant::now();
+        let packed = archive::pack(&b.root, &node.step.outputs, &logs, &b.store.tmp_dir(), b.zstd_level);
+        timing("pack", t);
+        match packed {
             Err(archive::ArchiveError::MissingOutput(o)) => {
                 report.status = Status::Failed;
                 report.detail = Some(format!("declared output `{o}` was not produced"));
@@ -892,10 +897,14 @@ impl Job<'_> {
                 report.warnings.push(format!("could not store the result: {e}"));
                 b.console.note(&format!("warning: {}: could not store the result: {e}", node.name));
             }
-            Ok(packed) => {
+            Ok(mut packed) => {
                 let tmp = packed.tmp_path.clone();
+                let fingerprint = packed.fingerprint.take();
                 let blob_size = packed.blob_size;
-                match pending.commit(b.store, packed, report.duration_ms) {
+                let t = Instant::now();
+                let committed = pending.commit(b.store, packed, report.duration_ms);
+                timing("commit", t);
+                match committed {
                     Ok(entry) => {
                         report.bytes_stored = blob_size;
                         for (path, d) in &self.manifest.inputs {
@@ -920,7 +929,17 @@ impl Job<'_> {
                             );
                         }
                         if has_outputs {
-                            b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                            match &fingerprint {
+                                Some((fp, taken_ns)) => {
+                                    b.store.set_installed(&b.root, &node.name, &entry.outputs_digest, fp, *taken_ns)
+                                }
+                                None => b.store.record_installed(
+                                    &b.root,
+                                    &node.name,
+                                    &node.step.outputs,
+                                    &entry.outputs_digest,
+                                ),
+                            }
                             report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
                         }
                     }
@@ -1030,6 +1049,7 @@ impl Job<'_> {
             files: 0,
             raw_bytes: 0,
             log_bytes: env.log_bytes,
+            fingerprint: None,
         };
         let committed = pending.commit(b.store, packed, env.duration_ms);
         let entry = match committed {

@@ -138,7 +138,7 @@ pub(crate) fn hex32(d: &[u8; 32]) -> String {
     s
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
@@ -374,6 +374,28 @@ pub(crate) fn stat_fields(st: &rustix::fs::Stat) -> (u64, i64, i64, u64) {
     )
 }
 
+/// What a fingerprint keeps of an output entry's `lstat`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FingerprintStat {
+    pub size: u64,
+    pub mode: u32,
+    pub mtime: i64,
+    pub ino: u64,
+    pub ctime: i64,
+}
+
+/// One entry of an outputs fingerprint: [`outputs_fingerprint`] and the packer (which has
+/// the stats already) write the same bytes in the same order, so a step that just ran does
+/// not stat its outputs a second time.
+pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintStat, newest: &mut i64) {
+    *newest = (*newest).max(st.mtime);
+    buf.extend_from_slice(rel);
+    buf.push(0);
+    for v in [st.size, u64::from(st.mode), st.mtime as u64, st.ino, st.ctime as u64] {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
 /// path (relative to the output), type and permission bits, size, mtime, ctime and inode, in
 /// sorted order; and the newest mtime seen. Used to skip restoring outputs that are already in
@@ -386,12 +408,9 @@ pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i
     use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
     fn put(buf: &mut Vec<u8>, rel: &[u8], st: &Stat, newest: &mut i64) {
         let (size, mtime, ctime, ino) = stat_fields(st);
-        *newest = (*newest).max(mtime);
-        buf.extend_from_slice(rel);
-        buf.push(0);
-        for v in [size, u64::from(st.st_mode), mtime as u64, ino, ctime as u64] {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
+        #[allow(clippy::unnecessary_cast)]
+        let mode = st.st_mode as u32;
+        fingerprint_entry(buf, rel, FingerprintStat { size, mode, mtime, ino, ctime }, newest);
     }
     fn visit_dir(dir: rustix::fd::OwnedFd, rel: &mut Vec<u8>, buf: &mut Vec<u8>, newest: &mut i64) -> Option<()> {
         let mut names: Vec<std::ffi::CString> = Vec::new();

@@ -138,6 +138,7 @@ fn every_hostile_archive_is_refused_and_nothing_outside_changes() {
             files: 1,
             raw_bytes: 0,
             log_bytes: 0,
+            fingerprint: None,
         };
         let entry = store.pending_forced(name, manifest(name)).commit(&store, packed, 5).unwrap();
 
