@@ -562,7 +562,15 @@ impl Journal {
             for i in starts[d]..starts[d + 1] {
                 let f = &self.files[i];
                 let fname = self.name(f);
-                let rel = || if rec.rel.is_empty() { fname.to_string() } else { format!("{}/{fname}", rec.rel) };
+                let rel = || {
+                    let mut p = String::with_capacity(rec.rel.len() + 1 + fname.len());
+                    if !rec.rel.is_empty() {
+                        p.push_str(&rec.rel);
+                        p.push('/');
+                    }
+                    p.push_str(fname);
+                    p
+                };
                 let st =
                     rustix::fs::statat(&fd, fname, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| format!("{}: {e}", rel()))?;
                 let kind = FileType::from_raw_mode(st.st_mode);

@@ -103,10 +103,15 @@ impl KeyManifest {
     }
 
     /// The step key: blake3 of the canonical encoding, hex.
+    ///
+    /// Streamed into the hasher: the same bytes as [`KeyManifest::canonical`] without building
+    /// them. The input map (hundreds of entries per step, keyed on every build) is written by
+    /// hand; every other field, and any path that needs escaping, goes through serde_json.
+    /// The destructuring below makes a new field a compile error here until it is written.
     pub fn key(&self) -> String {
-        // Streamed into the hasher: the same bytes as `canonical()`, without building them.
+        use std::io::Write;
         struct Sink(blake3::Hasher);
-        impl std::io::Write for Sink {
+        impl Write for Sink {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
                 self.0.update(b);
                 Ok(b.len())
@@ -115,10 +120,80 @@ impl KeyManifest {
                 Ok(())
             }
         }
-        let mut sink = std::io::BufWriter::with_capacity(16 * 1024, Sink(blake3::Hasher::new()));
-        serde_json::to_writer(&mut sink, self).expect("a manifest always serialises");
-        let sink = sink.into_inner().unwrap_or_else(|_| unreachable!("the sink never fails"));
+        /// A JSON string as serde_json writes it: raw unless it holds `"`, `\` or a control
+        /// character.
+        fn string(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+            if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                w.write_all(b"\"")?;
+                w.write_all(s.as_bytes())?;
+                w.write_all(b"\"")
+            } else {
+                serde_json::to_writer(w, s).map_err(std::io::Error::other)
+            }
+        }
+        let KeyManifest {
+            schema,
+            command,
+            workdir,
+            env,
+            secrets,
+            toolchains,
+            services,
+            platform,
+            inputs,
+            upstream,
+            outputs,
+        } = self;
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, Sink(blake3::Hasher::new()));
+        let written: std::io::Result<()> = (|| {
+            let json = |w: &mut std::io::BufWriter<Sink>, v: &dyn erased::Json| v.write(w);
+            w.write_all(b"{\"schema\":")?;
+            json(&mut w, schema)?;
+            w.write_all(b",\"command\":")?;
+            json(&mut w, command)?;
+            w.write_all(b",\"workdir\":")?;
+            json(&mut w, workdir)?;
+            w.write_all(b",\"env\":")?;
+            json(&mut w, env)?;
+            w.write_all(b",\"secrets\":")?;
+            json(&mut w, secrets)?;
+            w.write_all(b",\"toolchains\":")?;
+            json(&mut w, toolchains)?;
+            w.write_all(b",\"services\":")?;
+            json(&mut w, services)?;
+            w.write_all(b",\"platform\":")?;
+            json(&mut w, platform)?;
+            w.write_all(b",\"inputs\":{")?;
+            for (i, (path, d)) in inputs.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                string(&mut w, path)?;
+                w.write_all(b":{\"digest\":")?;
+                string(&mut w, &d.digest)?;
+                w.write_all(if d.exec { b",\"exec\":true}" } else { b",\"exec\":false}" })?;
+            }
+            w.write_all(b"},\"upstream\":")?;
+            json(&mut w, upstream)?;
+            w.write_all(b",\"outputs\":")?;
+            json(&mut w, outputs)?;
+            w.write_all(b"}")
+        })();
+        written.expect("the sink never fails");
+        let sink = w.into_inner().unwrap_or_else(|_| unreachable!("the sink never fails"));
         sink.0.finalize().to_hex().to_string()
+    }
+}
+
+/// serde_json over a `dyn` value (the key writer's fields have different types).
+mod erased {
+    pub trait Json {
+        fn write(&self, w: &mut dyn std::io::Write) -> std::io::Result<()>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn write(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+            serde_json::to_writer(w, self).map_err(std::io::Error::other)
+        }
     }
 }
 
@@ -381,6 +456,25 @@ mod tests {
             assert_ne!(v.key(), base.key());
             assert!(!diff(&base, v).is_empty(), "diff must name the change: {v:?}");
         }
+    }
+
+    #[test]
+    fn the_hand_written_key_hashes_exactly_the_canonical_bytes() {
+        let mut m = manifest();
+        m.services.insert("postgres".into(), "cc".into());
+        m.upstream.insert("web".into(), Upstream::Key("k\"ey".into()));
+        m.outputs.push("dist/".into());
+        for (i, path) in
+            ["plain/a.ex", "quote\"d", "back\\slash", "new\nline", "tab\t", "bell\u{7}", "del\u{7f}", "ünïcødé/ß", ""]
+                .iter()
+                .enumerate()
+        {
+            m.inputs.insert(path.to_string(), FileDigest { digest: format!("{i:064x}"), exec: i % 2 == 0 });
+        }
+        assert_eq!(m.key(), blake3::hash(m.canonical().as_bytes()).to_hex().to_string());
+        let mut empty = manifest();
+        empty.inputs.clear();
+        assert_eq!(empty.key(), blake3::hash(empty.canonical().as_bytes()).to_hex().to_string());
     }
 
     #[test]
