@@ -114,6 +114,17 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The stat fingerprint of outputs (see [`crate::inputs::outputs_fingerprint`]) taken from
+/// the packer's own stats.
+#[derive(Debug, Clone)]
+pub struct PackedFingerprint {
+    pub digest: String,
+    /// When the newest output settles ([`crate::inputs::settles_ns`]).
+    pub settles_ns: i64,
+    /// When it was taken: before the first stat.
+    pub taken_ns: i64,
+}
+
 /// A packed entry, written to a temporary file.
 #[derive(Debug)]
 pub struct Packed {
@@ -125,10 +136,9 @@ pub struct Packed {
     pub raw_bytes: u64,
     /// Total size of the logs (0: a hit has nothing to replay and needn't open the blob).
     pub log_bytes: u64,
-    /// The outputs' stat fingerprint as packed and when it was taken (see
-    /// [`crate::inputs::outputs_fingerprint`]); `None` for an archive that was not packed
+    /// The outputs' stat fingerprint as packed; `None` for an archive that was not packed
     /// here (fetched from a remote).
-    pub fingerprint: Option<(String, i64)>,
+    pub fingerprint: Option<PackedFingerprint>,
 }
 
 enum Kind {
@@ -281,15 +291,19 @@ pub fn pack(
     // the racy-window check stays sound.
     let fingerprinted_ns = crate::inputs::now_ns();
     let mut items = Vec::new();
-    let (mut fp, mut newest) = (Vec::with_capacity(64 * 1024), 0i64); // `newest` is unused here
+    let (mut fp, mut settles) = (Vec::with_capacity(64 * 1024), 0i64);
     for out in outputs {
         let from = items.len();
         collect(root, &normalize_output(out), &mut items)?;
         for it in &items[from..] {
-            crate::inputs::fingerprint_entry(&mut fp, it.rel.as_bytes(), it.stat, &mut newest);
+            crate::inputs::fingerprint_entry(&mut fp, it.rel.as_bytes(), it.stat, &mut settles);
         }
     }
-    let fingerprint = Some((blake3::hash(&fp).to_hex().to_string(), fingerprinted_ns));
+    let fingerprint = Some(PackedFingerprint {
+        digest: blake3::hash(&fp).to_hex().to_string(),
+        settles_ns: settles,
+        taken_ns: fingerprinted_ns,
+    });
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
 
@@ -745,9 +759,11 @@ mod tests {
         let outs = vec!["out/".to_string(), "./out/deps".to_string(), "gen.h".to_string()];
         let before = crate::inputs::now_ns();
         let p = pack(&root, &outs, &[], &t.path().join("tmp"), 3).unwrap();
-        let (fp, taken) = p.fingerprint.clone().unwrap();
-        assert_eq!(Some(fp.clone()), crate::inputs::outputs_fingerprint(&root, &outs).map(|(f, _)| f));
-        assert!(taken >= before, "taken before the stats, not before the call");
+        let packed = p.fingerprint.clone().unwrap();
+        let fp = packed.digest.clone();
+        let later = crate::inputs::outputs_fingerprint(&root, &outs).unwrap();
+        assert_eq!((fp.clone(), packed.settles_ns), later);
+        assert!(packed.taken_ns >= before, "taken before the stats, not before the call");
         // A changed output changes the later check's fingerprint, not the recorded one.
         fs::write(root.join("out/deps/lib/c"), "three").unwrap();
         assert_ne!(Some(fp), crate::inputs::outputs_fingerprint(&root, &outs).map(|(f, _)| f));

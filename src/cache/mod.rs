@@ -188,20 +188,42 @@ impl Store {
     }
 
     /// Record that `step`'s outputs in `root` are now those of `outputs_digest`.
-    pub fn record_installed(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        if let Some((fp, _)) = crate::inputs::outputs_fingerprint(root, outputs) {
-            let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, &fp, now);
-        }
+    ///
+    /// Returns when the outputs settle if the fingerprint recorded is racy (they were written
+    /// within a timestamp granule, [`crate::inputs::settles_ns`]): until it is recorded again
+    /// after that, the next check reads every output to confirm it. The executor does so at
+    /// the end of the build for the outputs that have settled by then.
+    pub fn record_installed(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) -> Option<i64> {
+        let now = crate::inputs::now_ns();
+        let (fp, settles) = crate::inputs::outputs_fingerprint(root, outputs)?;
+        let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, &fp, now);
+        (settles > now).then_some(settles)
     }
 
-    /// Record that `step`'s outputs in `root` are those of `outputs_digest`, with the stat
-    /// fingerprint `fingerprint` taken at `taken_ns` (by the packer, which stats them anyway).
-    pub fn set_installed(&self, root: &Path, step: &str, outputs_digest: &str, fingerprint: &str, taken_ns: i64) {
-        let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, fingerprint, taken_ns);
+    /// Record that `step`'s outputs in `root`, just packed, are those of `outputs_digest`.
+    ///
+    /// The packer's fingerprint saves a second stat of every output. It is used unless it is
+    /// racy (taken before the newest output settled, [`crate::inputs::settles_ns`]: the next
+    /// check would then read every output again to confirm them) while a fingerprint taken
+    /// now would not be (they settled while they were packed): then one stat pass now spares
+    /// that read. Returns when the outputs settle if what it recorded is racy, like
+    /// [`Store::record_installed`].
+    pub fn record_packed(
+        &self,
+        root: &Path,
+        step: &str,
+        outputs: &[String],
+        outputs_digest: &str,
+        packed: Option<&archive::PackedFingerprint>,
+    ) -> Option<i64> {
+        match packed {
+            Some(fp) if fp.settles_ns <= fp.taken_ns || fp.settles_ns > crate::inputs::now_ns() => {
+                let root = root.display().to_string();
+                let _ = self.index().set_installed(&root, step, outputs_digest, &fp.digest, fp.taken_ns);
+                (fp.settles_ns > fp.taken_ns).then_some(fp.settles_ns)
+            }
+            _ => self.record_installed(root, step, outputs, outputs_digest),
+        }
     }
 
     /// Are `step`'s outputs in `root` still exactly what an earlier run or restore of
@@ -222,15 +244,15 @@ impl Store {
             return false;
         }
         match fingerprint() {
-            Some((now_fp, newest)) if now_fp == fp => {
-                if newest + crate::inputs::RACY_WINDOW.as_nanos() as i64 <= recorded {
+            Some((now_fp, settles)) if now_fp == fp => {
+                if settles <= recorded {
                     return true;
                 }
                 // Recorded within the racy window: a same-granule change could hide behind an
                 // unchanged stat. Check the content, then record again (no longer racy).
                 let same = archive::outputs_digest(root, outputs).is_some_and(|d| d == outputs_digest);
                 if same {
-                    self.record_installed(root, step, outputs, outputs_digest);
+                    let _ = self.record_installed(root, step, outputs, outputs_digest);
                 }
                 same
             }
@@ -526,5 +548,43 @@ impl Pending {
         };
         store.index().insert(&row)?;
         Ok(row.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_fingerprint_is_kept_unless_a_fresh_one_would_spare_a_reread() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("cache")).unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("out")).unwrap();
+        fs::write(root.join("out/a"), "a").unwrap();
+        let outs = vec!["out/".to_string()];
+        let fresh = crate::inputs::outputs_fingerprint(&root, &outs).unwrap().0;
+        let installed = || store.index().installed(&root.display().to_string(), "s").unwrap().unwrap().1;
+        let now = crate::inputs::now_ns();
+        let fp = |settles_ns: i64, taken_ns: i64| archive::PackedFingerprint {
+            digest: "packed".into(),
+            settles_ns,
+            taken_ns,
+        };
+        // Not racy when taken: kept.
+        let settled = store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 5_000_000_000, now - 3_000_000_000)));
+        assert_eq!((installed(), settled), ("packed".to_string(), None));
+        // Racy when taken, and still racy now (outputs just written): kept, a fresh one would
+        // be racy too; the caller learns when to take it again.
+        let settles = store.record_packed(&root, "s", &outs, "d", Some(&fp(now + 1_000_000_000, now)));
+        assert_eq!((installed(), settles), ("packed".to_string(), Some(now + 1_000_000_000)));
+        // Racy when taken but not now (they settled during a long pack): taken again, so the next
+        // check is not a re-read.
+        store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 1_000_000_000, now - 1_500_000_000)));
+        assert_eq!(installed(), fresh);
+        // No packer fingerprint (a remote archive): taken.
+        store.index().set_installed(&root.display().to_string(), "s", "d", "other", 0).unwrap();
+        store.record_packed(&root, "s", &outs, "d", None);
+        assert_eq!(installed(), fresh);
     }
 }

@@ -550,10 +550,31 @@ struct Job<'b> {
     prepared: &'b Prepared,
     slots: &'b Slots,
     services: &'b services::Services<'b>,
+    /// Steps whose outputs' fingerprint was recorded before they settled (see
+    /// [`Build::record_settled`]).
+    unsettled: &'b std::sync::Mutex<Vec<Unsettled>>,
     t0: Instant,
 }
 
+/// Outputs written by this build whose recorded fingerprint is racy: step, outputs digest,
+/// and when they settle.
+type Unsettled = (usize, String, i64);
+
 impl Build<'_> {
+    /// Fingerprint again the outputs this build wrote that have settled since their
+    /// fingerprint was recorded: one stat each now spares the next build reading all of them
+    /// to confirm a racy fingerprint. Outputs written in the build's last moments stay racy;
+    /// waiting for them would slow every build down.
+    fn record_settled(&self, unsettled: Vec<Unsettled>) {
+        let now = inputs::now_ns();
+        for (node, digest, settles) in unsettled {
+            if settles <= now {
+                let n = &self.graph.nodes[node];
+                let _ = self.store.record_installed(&self.root, &n.name, &n.step.outputs, &digest);
+            }
+        }
+    }
+
     fn is_forced(&self, node: usize) -> bool {
         let n = &self.graph.nodes[node];
         self.force.contains(&n.name) || self.force.contains(&n.base)
@@ -581,6 +602,7 @@ impl Build<'_> {
             }
         };
         let in_flight = self.jobs.max(1) * IN_FLIGHT_PER_JOB;
+        let unsettled = std::sync::Mutex::new(Vec::new());
         // A fixed pool of workers takes jobs from a queue (a thread per step cost more than a
         // no-op step's whole check). The queue's sender moves into the scope and is dropped
         // when the dispatch ends, which lets the workers go.
@@ -643,6 +665,7 @@ impl Build<'_> {
                         prepared,
                         slots: &slots,
                         services: &services,
+                        unsettled: &unsettled,
                         t0,
                     };
                     if job_tx.send(job).is_err() {
@@ -691,6 +714,7 @@ impl Build<'_> {
         }
         let steps: Vec<StepReport> =
             self.selected.iter().map(|i| done.remove(i).expect("every step has a report")).collect();
+        self.record_settled(std::mem::take(&mut *unsettled.lock().unwrap_or_else(|p| p.into_inner())));
         let hits: Vec<&str> = steps.iter().filter(|r| r.status.is_hit()).filter_map(|r| r.key.as_deref()).collect();
         if let Err(e) = self.store.touch_many(&hits) {
             self.console.note(&format!("warning: could not mark this run's hits as used: {e}"));
@@ -720,6 +744,13 @@ fn blank_report(name: &str, status: Status, detail: String, t0: Instant) -> Step
 }
 
 impl Job<'_> {
+    /// Remember outputs this job wrote whose fingerprint was recorded racy.
+    fn unsettled(&self, settles: Option<i64>, outputs_digest: &str) {
+        if let Some(at) = settles {
+            self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).push((self.node, outputs_digest.into(), at));
+        }
+    }
+
     fn execute(&self) -> StepReport {
         let b = self.build;
         let node = &b.graph.nodes[self.node];
@@ -929,17 +960,14 @@ impl Job<'_> {
                             );
                         }
                         if has_outputs {
-                            match &fingerprint {
-                                Some((fp, taken_ns)) => {
-                                    b.store.set_installed(&b.root, &node.name, &entry.outputs_digest, fp, *taken_ns)
-                                }
-                                None => b.store.record_installed(
-                                    &b.root,
-                                    &node.name,
-                                    &node.step.outputs,
-                                    &entry.outputs_digest,
-                                ),
-                            }
+                            let settles = b.store.record_packed(
+                                &b.root,
+                                &node.name,
+                                &node.step.outputs,
+                                &entry.outputs_digest,
+                                fingerprint.as_ref(),
+                            );
+                            self.unsettled(settles, &entry.outputs_digest);
                             report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
                         }
                     }
@@ -991,7 +1019,9 @@ impl Job<'_> {
         } else {
             b.store.restore(entry, &b.root, &node.step.outputs).inspect(|_| {
                 if has_outputs {
-                    b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                    let settles =
+                        b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                    self.unsettled(settles, &entry.outputs_digest);
                 }
             })
         };

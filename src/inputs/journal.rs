@@ -19,8 +19,8 @@
 //!   time without changing what a walk would find there (a step replaces its ignored `dist/`
 //!   inside a package, and the package directory's mtime moves). The same names and types
 //!   mean the same walk there; the new mtime is recorded. The digest is only taken of
-//!   directories that stood still while they were read and were not racy (modified within
-//!   [`super::RACY_WINDOW`] of the walk); without one, any change means a walk.
+//!   directories that stood still while they were read and were not racy (their mtime had
+//!   not settled, [`super::settles_ns`], at the walk); without one, any change means a walk.
 //! - A file whose stat is unchanged and not racy keeps its digest; one that changed in place
 //!   is hashed again, alone. That is also the "one file edited" case, which then skips the
 //!   walk too.
@@ -28,7 +28,7 @@
 //! Filesystems whose directory mtimes cannot be trusted (some network mounts) can turn the
 //! journal off with `CAIRN_NO_SCAN_JOURNAL=1`; git's `core.untrackedCache` has the same caveat.
 
-use super::{hash_file, hex32, now_ns, unhex32, FileDigest, ScanStats, Snapshot, StatEntry, WalkOptions, RACY_WINDOW};
+use super::{hash_file, hex32, now_ns, settles_ns, unhex32, FileDigest, ScanStats, Snapshot, StatEntry, WalkOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -209,13 +209,12 @@ impl Journal {
         // Each directory's listing, kept only when the directory did not change since the
         // walk stat it (before and after this read) and is not racy: then it is exactly
         // what the walk read.
-        let racy = RACY_WINDOW.as_nanos() as i64;
         for d in &mut dirs {
             let path = if d.rel.is_empty() { opts.root.clone() } else { opts.root.join(&d.rel) };
             let steady = |m: Option<(i64, u64)>| m == Some((d.mtime_ns, d.ino));
             d.checked_ns = recorded_ns;
             d.listing = [0; 32];
-            if d.mtime_ns + racy <= recorded_ns && steady(dir_mtime(&path)) {
+            if settles_ns(d.mtime_ns) <= recorded_ns && steady(dir_mtime(&path)) {
                 if let Some(l) = listing(&path) {
                     if steady(dir_mtime(&path)) {
                         d.listing = l;
@@ -391,7 +390,6 @@ impl Journal {
     /// file is as recorded (files changed in place are hashed again, and the snapshot then
     /// carries the updated journal); otherwise why only a full walk can tell.
     pub fn replay(&self, opts: &WalkOptions, steps: usize) -> Result<Snapshot, String> {
-        let racy = RACY_WINDOW.as_nanos() as i64;
         if self.owners.iter().any(|&o| o as usize >= steps) {
             return Err("recorded for other steps".into());
         }
@@ -410,7 +408,7 @@ impl Journal {
             if ino != rec.ino {
                 return Err(format!("{name} was replaced"));
             }
-            if mtime == rec.mtime_ns && mtime + racy <= rec.checked_ns {
+            if mtime == rec.mtime_ns && settles_ns(mtime) <= rec.checked_ns {
                 continue;
             }
             let same =
@@ -421,7 +419,7 @@ impl Journal {
             if !same {
                 return Err(format!("{name} changed (an entry was added, removed or renamed)"));
             }
-            if mtime + racy <= checked {
+            if settles_ns(mtime) <= checked {
                 confirmed.push((k, mtime, checked));
             }
         }
@@ -456,7 +454,7 @@ impl Journal {
                         loop {
                             let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(&(a, b)) = chunks.get(c) else { break };
-                            let r = self.replay_dirs(opts, a, b, starts, racy, started_ns, steps);
+                            let r = self.replay_dirs(opts, a, b, starts, started_ns, steps);
                             let failed = r.is_err();
                             done.push((c, r));
                             if failed {
@@ -531,7 +529,6 @@ impl Journal {
         a: usize,
         b: usize,
         starts: &[usize],
-        racy: i64,
         started_ns: i64,
         steps: usize,
     ) -> Result<Replayed, String> {
@@ -584,7 +581,7 @@ impl Journal {
                     && ctime_ns == f.ctime_ns
                     && ino == f.ino
                     && exec == f.exec
-                    && mtime_ns + racy <= f.recorded_ns
+                    && settles_ns(mtime_ns) <= f.recorded_ns
                 {
                     if f.owners.len > 0 {
                         entry(f, rel(), hex32(&f.digest), f.exec);
@@ -788,15 +785,19 @@ mod tests {
 
     #[test]
     fn recent_directories_and_foreign_journals_are_not_trusted() {
-        let (t, mut j, _) = recorded();
+        let (t, j, _) = recorded();
         assert!(j.replay(&opts(t.path()), 1).is_err(), "owners beyond the step list");
-        // Confirmed within the racy window of the directories, and without a listing to
-        // compare (taken only of directories that were not racy at the walk).
-        for d in &mut j.dirs {
-            d.checked_ns -= 5_000_000_000;
+        // Directories still racy at the walk (stamped in the future here, so whatever the
+        // machine's speed) get no listing, and a replay cannot confirm them.
+        let racy = tempfile::tempdir().unwrap();
+        write(racy.path(), "src/deep/b.rs", "b");
+        for p in ["src/deep", "src", ""] {
+            backdate(&racy.path().join(p), -10);
         }
-        assert!(j.dirs.iter().all(|d| d.listing == [0; 32]));
-        assert!(j.replay(&opts(t.path()), 2).unwrap_err().contains("modified just before it was recorded"));
+        let racy_journal = aged(scan(&opts(racy.path()), &steps(), &HashMap::new()).unwrap().journal.unwrap());
+        assert!(racy_journal.dirs.iter().all(|d| d.listing == [0; 32]));
+        let err = racy_journal.replay(&opts(racy.path()), 2).unwrap_err();
+        assert!(err.contains("modified just before it was recorded"), "{err}");
         assert!(Journal::decode(b"CJ3\0garbage").is_none());
         let mut older = j.encode();
         older.truncate(older.len() - 32);

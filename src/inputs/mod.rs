@@ -9,9 +9,10 @@
 //!   their archive digest, never as inputs.
 //! - **The stat cache** maps `(root, path)` to `(size, mtime, ctime, inode, exec) → digest`.
 //!   A file whose stat is unchanged is not read again. Like git's "racy clean" rule, a cached
-//!   digest is trusted only if the file's mtime was at least [`RACY_WINDOW`] older than the
-//!   moment it was hashed: a file modified within the same timestamp granule as the hashing
-//!   could have changed without changing its stat, so it is hashed again.
+//!   digest is trusted only if the file's mtime had settled ([`settles_ns`]: one timestamp
+//!   granule, 50 ms on filesystems with sub-second stamps, 2 s on whole-second ones) when it
+//!   was hashed: a file modified within the same granule as the hashing could have changed
+//!   without changing its stat, so it is hashed again.
 //! - Hashing happens in the walker's threads (one file per thread), which is what pays on
 //!   many small files.
 
@@ -23,10 +24,31 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A stat-cache row is trusted only for files last modified this long before they were hashed.
-pub const RACY_WINDOW: Duration = Duration::from_secs(1);
+/// How long a timestamp stays "open": a change made that long after a file's last
+/// modification may still be stamped with the same mtime, so a stat taken within it cannot
+/// vouch for the content (git's "racy clean" problem).
+///
+/// It is the filesystem's timestamp granularity, read off the timestamp itself. Filesystems
+/// with sub-second timestamps (ext4, xfs, btrfs, tmpfs, APFS; exFAT at 10 ms) stamp from the
+/// kernel's coarse clock, which moves once per scheduler tick (at most 10 ms): 50 ms covers
+/// them with room. Ones that keep whole seconds (ext3, HFS+) or two (FAT) show a zero
+/// sub-second part: 2 s. (A sub-second filesystem stamps a zero part once in 10⁹ files,
+/// which then merely waits the longer window.)
+pub fn racy_window_ns(mtime_ns: i64) -> i64 {
+    if mtime_ns.rem_euclid(1_000_000_000) == 0 {
+        2_000_000_000
+    } else {
+        50_000_000
+    }
+}
+
+/// When a file (or directory) modified at `mtime_ns` stops being racy: a stat taken from
+/// then on vouches for its content.
+pub fn settles_ns(mtime_ns: i64) -> i64 {
+    mtime_ns.saturating_add(racy_window_ns(mtime_ns))
+}
 
 /// What the stat cache remembers of one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,7 +214,6 @@ pub fn scan(
     let includes = builder.build().map_err(|source| InputError::Glob { glob: "(includes)".into(), source })?;
 
     let started_ns = now_ns();
-    let racy_ns = RACY_WINDOW.as_nanos() as i64;
     let prune: Vec<String> = opts.prune.iter().map(|p| p.trim_end_matches('/').to_string()).collect();
     let prune_abs = opts.prune_abs.clone();
     let root = opts.root.clone();
@@ -319,7 +340,7 @@ pub fn scan(
                     && c.ctime_ns == ctime_ns
                     && c.ino == stat.ino
                     && c.exec == exec
-                    && mtime_ns + racy_ns <= c.recorded_ns
+                    && settles_ns(mtime_ns) <= c.recorded_ns
                 {
                     stat.digest = c.digest.clone();
                     stat.recorded_ns = c.recorded_ns;
@@ -387,8 +408,8 @@ pub(crate) struct FingerprintStat {
 /// One entry of an outputs fingerprint: [`outputs_fingerprint`] and the packer (which has
 /// the stats already) write the same bytes in the same order, so a step that just ran does
 /// not stat its outputs a second time.
-pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintStat, newest: &mut i64) {
-    *newest = (*newest).max(st.mtime);
+pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintStat, settles: &mut i64) {
+    *settles = (*settles).max(settles_ns(st.mtime));
     buf.extend_from_slice(rel);
     buf.push(0);
     for v in [st.size, u64::from(st.mode), st.mtime as u64, st.ino, st.ctime as u64] {
@@ -398,21 +419,22 @@ pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintSt
 
 /// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
 /// path (relative to the output), type and permission bits, size, mtime, ctime and inode, in
-/// sorted order; and the newest mtime seen. Used to skip restoring outputs that are already in
-/// place. `None` if an output is missing or unreadable.
+/// sorted order; and when the newest of them settles ([`settles_ns`]: a fingerprint recorded
+/// before then does not vouch for the content). Used to skip restoring outputs that are
+/// already in place. `None` if an output is missing or unreadable.
 ///
 /// Directories are read through their descriptors (`openat`, `getdents`, `fstatat`), so no
 /// path is resolved from the root more than once: on a 300-file output this is most of the
 /// cost of a no-op step.
 pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
     use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
-    fn put(buf: &mut Vec<u8>, rel: &[u8], st: &Stat, newest: &mut i64) {
+    fn put(buf: &mut Vec<u8>, rel: &[u8], st: &Stat, settles: &mut i64) {
         let (size, mtime, ctime, ino) = stat_fields(st);
         #[allow(clippy::unnecessary_cast)]
         let mode = st.st_mode as u32;
-        fingerprint_entry(buf, rel, FingerprintStat { size, mode, mtime, ino, ctime }, newest);
+        fingerprint_entry(buf, rel, FingerprintStat { size, mode, mtime, ino, ctime }, settles);
     }
-    fn visit_dir(dir: rustix::fd::OwnedFd, rel: &mut Vec<u8>, buf: &mut Vec<u8>, newest: &mut i64) -> Option<()> {
+    fn visit_dir(dir: rustix::fd::OwnedFd, rel: &mut Vec<u8>, buf: &mut Vec<u8>, settles: &mut i64) -> Option<()> {
         let mut names: Vec<std::ffi::CString> = Vec::new();
         for e in Dir::read_from(&dir).ok()? {
             let e = e.ok()?;
@@ -427,31 +449,31 @@ pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i
             let len = rel.len();
             rel.push(b'/');
             rel.extend_from_slice(n.to_bytes());
-            put(buf, rel, &st, newest);
+            put(buf, rel, &st, settles);
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
                 let sub = rustix::fs::openat(&dir, n.as_c_str(), flags, Mode::empty()).ok()?;
-                visit_dir(sub, rel, buf, newest)?;
+                visit_dir(sub, rel, buf, settles)?;
             }
             rel.truncate(len);
         }
         Some(())
     }
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut newest = 0i64;
+    let mut settles = 0i64;
     for out in outputs {
         let name = out.trim_start_matches("./").trim_end_matches('/');
         let top = root.join(name);
         let st = rustix::fs::lstat(&top).ok()?;
         let mut rel = name.as_bytes().to_vec();
-        put(&mut buf, &rel, &st, &mut newest);
+        put(&mut buf, &rel, &st, &mut settles);
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
             let fd = rustix::fs::open(&top, flags, Mode::empty()).ok()?;
-            visit_dir(fd, &mut rel, &mut buf, &mut newest)?;
+            visit_dir(fd, &mut rel, &mut buf, &mut settles)?;
         }
     }
-    Some((blake3::hash(&buf).to_hex().to_string(), newest))
+    Some((blake3::hash(&buf).to_hex().to_string(), settles))
 }
 
 #[cfg(test)]
@@ -497,8 +519,12 @@ pub(super) mod tests {
         let steps = vec![StepInputs { include: vec!["*.txt".into()], exclude: vec![] }];
         let first = scan(&opts(r), &steps, &HashMap::new()).unwrap();
         assert_eq!(first.stats.hashed, 1);
-        // Just written: the row is racy and the file is hashed again.
-        let cache: HashMap<String, StatEntry> = first.updates.into_iter().collect();
+        // Hashed within its timestamp's granule (10 ms after a sub-second mtime): the row is
+        // racy and the file is hashed again.
+        let mut cache: HashMap<String, StatEntry> = first.updates.into_iter().collect();
+        let row = cache.get_mut("a.txt").unwrap();
+        row.recorded_ns = row.mtime_ns + 10_000_000;
+        assert_ne!(row.mtime_ns % 1_000_000_000, 0, "this filesystem stamps sub-second mtimes");
         let second = scan(&opts(r), &steps, &cache).unwrap();
         assert_eq!(second.stats.hashed, 1, "a file modified in the racy window is re-hashed");
         // A row recorded well after the mtime is trusted...
@@ -511,5 +537,14 @@ pub(super) mod tests {
         let fourth = scan(&opts(r), &steps, &cache).unwrap();
         assert_eq!(fourth.stats.hashed, 1);
         assert_eq!(fourth.per_step[0]["a.txt"].digest, blake3::hash(b"two!").to_hex().to_string());
+    }
+
+    #[test]
+    fn the_racy_window_is_the_timestamp_granularity() {
+        let sub_second = 1_700_000_000_123_456_789;
+        assert_eq!(settles_ns(sub_second), sub_second + 50_000_000);
+        let whole_second = 1_700_000_000_000_000_000; // ext3, HFS+, FAT: wait out a FAT granule
+        assert_eq!(settles_ns(whole_second), whole_second + 2_000_000_000);
+        assert_eq!(settles_ns(i64::MAX), i64::MAX, "no overflow on absurd mtimes");
     }
 }

@@ -370,3 +370,24 @@ fn hits_whose_outputs_were_in_place_count_as_used_for_eviction() {
     assert_eq!(order.len(), 3, "{}", dry.stdout);
     assert_eq!(order[2], "gen", "the entry used last is evicted last: {}", dry.stdout);
 }
+
+/// Outputs are fingerprinted when they are stored, usually within their timestamps' granule
+/// (racy: the next check would read them all to confirm). Those that settle before the build
+/// ends are fingerprinted again then, so the next no-op only stats them.
+#[test]
+fn outputs_written_during_a_build_are_fingerprinted_again_once_settled() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new().file("src/a", "a\n").pipeline(
+        r#"Pipeline(name: "s", steps: {
+            "a": (run: "mkdir -p out && cp src/a out/a", inputs: ["src/a"], outputs: ["out/"]),
+            "slow": (run: "sleep 0.3", needs: ["a"]),
+        })"#,
+    );
+    p.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    let db = rusqlite::Connection::open(p.path().join("cache/index.sqlite")).unwrap();
+    let recorded: i64 =
+        db.query_row("SELECT recorded_ns FROM installed WHERE step = 'a'", [], |r| r.get(0)).expect("a row for `a`");
+    let m = std::fs::metadata(p.path().join("out/a")).unwrap();
+    let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    assert!(recorded >= mtime + 50_000_000, "recorded {recorded} is within 50 ms of the output's mtime {mtime}");
+}
