@@ -16,7 +16,11 @@
 //! - Hashing happens in the walker's threads (one file per thread), which is what pays on
 //!   many small files.
 
+pub mod fingerprint;
 pub mod journal;
+
+pub use fingerprint::outputs_fingerprint;
+pub(crate) use fingerprint::{fingerprint_entry, FingerprintStat};
 
 use crate::plan::key::FileDigest;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
@@ -393,87 +397,6 @@ pub(crate) fn stat_fields(st: &rustix::fs::Stat) -> (u64, i64, i64, u64) {
         st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
         st.st_ino as u64,
     )
-}
-
-/// What a fingerprint keeps of an output entry's `lstat`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FingerprintStat {
-    pub size: u64,
-    pub mode: u32,
-    pub mtime: i64,
-    pub ino: u64,
-    pub ctime: i64,
-}
-
-/// One entry of an outputs fingerprint: [`outputs_fingerprint`] and the packer (which has
-/// the stats already) write the same bytes in the same order, so a step that just ran does
-/// not stat its outputs a second time.
-pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintStat, settles: &mut i64) {
-    *settles = (*settles).max(settles_ns(st.mtime));
-    buf.extend_from_slice(rel);
-    buf.push(0);
-    for v in [st.size, u64::from(st.mode), st.mtime as u64, st.ino, st.ctime as u64] {
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// A stat fingerprint of a step's outputs as they are on disk: blake3 over every entry's
-/// path (relative to the output), type and permission bits, size, mtime, ctime and inode, in
-/// sorted order; and when the newest of them settles ([`settles_ns`]: a fingerprint recorded
-/// before then does not vouch for the content). Used to skip restoring outputs that are
-/// already in place. `None` if an output is missing or unreadable.
-///
-/// Directories are read through their descriptors (`openat`, `getdents`, `fstatat`), so no
-/// path is resolved from the root more than once: on a 300-file output this is most of the
-/// cost of a no-op step.
-pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
-    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
-    fn put(buf: &mut Vec<u8>, rel: &[u8], st: &Stat, settles: &mut i64) {
-        let (size, mtime, ctime, ino) = stat_fields(st);
-        #[allow(clippy::unnecessary_cast)]
-        let mode = st.st_mode as u32;
-        fingerprint_entry(buf, rel, FingerprintStat { size, mode, mtime, ino, ctime }, settles);
-    }
-    fn visit_dir(dir: rustix::fd::OwnedFd, rel: &mut Vec<u8>, buf: &mut Vec<u8>, settles: &mut i64) -> Option<()> {
-        let mut names: Vec<std::ffi::CString> = Vec::new();
-        for e in Dir::read_from(&dir).ok()? {
-            let e = e.ok()?;
-            let n = e.file_name();
-            if n.to_bytes() != b"." && n.to_bytes() != b".." {
-                names.push(n.to_owned());
-            }
-        }
-        names.sort_unstable();
-        for n in names {
-            let st = rustix::fs::statat(&dir, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?;
-            let len = rel.len();
-            rel.push(b'/');
-            rel.extend_from_slice(n.to_bytes());
-            put(buf, rel, &st, settles);
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-                let sub = rustix::fs::openat(&dir, n.as_c_str(), flags, Mode::empty()).ok()?;
-                visit_dir(sub, rel, buf, settles)?;
-            }
-            rel.truncate(len);
-        }
-        Some(())
-    }
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut settles = 0i64;
-    for out in outputs {
-        let name = out.trim_start_matches("./").trim_end_matches('/');
-        let top = root.join(name);
-        let st = rustix::fs::lstat(&top).ok()?;
-        let mut rel = name.as_bytes().to_vec();
-        put(&mut buf, &rel, &st, &mut settles);
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-            let fd = rustix::fs::open(&top, flags, Mode::empty()).ok()?;
-            visit_dir(fd, &mut rel, &mut buf, &mut settles)?;
-        }
-    }
-    Some((blake3::hash(&buf).to_hex().to_string(), settles))
 }
 
 #[cfg(test)]
