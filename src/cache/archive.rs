@@ -159,13 +159,7 @@ struct Item {
 
 impl Item {
     fn new(rel: &str, abs: PathBuf, kind: Kind, meta: &fs::Metadata) -> Item {
-        let stat = crate::inputs::FingerprintStat {
-            size: meta.len(),
-            mode: meta.mode(),
-            mtime: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ino: meta.ino(),
-            ctime: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        };
+        let stat = crate::inputs::FingerprintStat::of_metadata(meta);
         let (mode, size) = match kind {
             Kind::Symlink(_) => (0o777, 0),
             Kind::File => (meta.mode() & 0o777, meta.len()),

@@ -48,6 +48,19 @@ impl FingerprintStat {
         let mode = st.st_mode as u32;
         FingerprintStat { size, mode, mtime, ino, ctime }
     }
+
+    /// The same from a `symlink_metadata` (the packer walks with `std::fs`).
+    pub(crate) fn of_metadata(m: &std::fs::Metadata) -> FingerprintStat {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+        FingerprintStat {
+            size: m.len(),
+            mode: m.mode(),
+            mtime: ns(m.mtime(), m.mtime_nsec()),
+            ino: m.ino(),
+            ctime: ns(m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 /// One entry of an outputs fingerprint: [`outputs_fingerprint`] and the packer (which has

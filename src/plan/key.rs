@@ -145,24 +145,28 @@ impl KeyManifest {
             outputs,
         } = self;
         let mut w = std::io::BufWriter::with_capacity(64 * 1024, Sink(blake3::Hasher::new()));
+        // Fields in declaration order, as serde writes a struct; `inputs` between the two runs.
+        let before: [(&str, &dyn erased::Json); 8] = [
+            ("schema", schema),
+            ("command", command),
+            ("workdir", workdir),
+            ("env", env),
+            ("secrets", secrets),
+            ("toolchains", toolchains),
+            ("services", services),
+            ("platform", platform),
+        ];
+        let after: [(&str, &dyn erased::Json); 2] = [("upstream", upstream), ("outputs", outputs)];
+        let field = |w: &mut std::io::BufWriter<Sink>, first: bool, (name, value): (&str, &dyn erased::Json)| {
+            w.write_all(if first { b"{\"" } else { b",\"" })?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(b"\":")?;
+            value.write(w)
+        };
         let written: std::io::Result<()> = (|| {
-            let json = |w: &mut std::io::BufWriter<Sink>, v: &dyn erased::Json| v.write(w);
-            w.write_all(b"{\"schema\":")?;
-            json(&mut w, schema)?;
-            w.write_all(b",\"command\":")?;
-            json(&mut w, command)?;
-            w.write_all(b",\"workdir\":")?;
-            json(&mut w, workdir)?;
-            w.write_all(b",\"env\":")?;
-            json(&mut w, env)?;
-            w.write_all(b",\"secrets\":")?;
-            json(&mut w, secrets)?;
-            w.write_all(b",\"toolchains\":")?;
-            json(&mut w, toolchains)?;
-            w.write_all(b",\"services\":")?;
-            json(&mut w, services)?;
-            w.write_all(b",\"platform\":")?;
-            json(&mut w, platform)?;
+            for (i, f) in before.into_iter().enumerate() {
+                field(&mut w, i == 0, f)?;
+            }
             w.write_all(b",\"inputs\":{")?;
             for (i, (path, d)) in inputs.iter().enumerate() {
                 if i > 0 {
@@ -173,10 +177,10 @@ impl KeyManifest {
                 string(&mut w, &d.digest)?;
                 w.write_all(if d.exec { b",\"exec\":true}" } else { b",\"exec\":false}" })?;
             }
-            w.write_all(b"},\"upstream\":")?;
-            json(&mut w, upstream)?;
-            w.write_all(b",\"outputs\":")?;
-            json(&mut w, outputs)?;
+            w.write_all(b"}")?;
+            for f in after {
+                field(&mut w, false, f)?;
+            }
             w.write_all(b"}")
         })();
         written.expect("the sink never fails");
