@@ -561,16 +561,20 @@ struct Job<'b> {
 type Unsettled = (usize, String, i64);
 
 impl Build<'_> {
-    /// Fingerprint again the outputs this build wrote that have settled since their
-    /// fingerprint was recorded: one stat each now spares the next build reading all of them
-    /// to confirm a racy fingerprint. Outputs written in the build's last moments stay racy;
-    /// waiting for them would slow every build down.
+    /// Confirm the outputs this build wrote whose fingerprint was recorded before they
+    /// settled, once they have: the same check the next build would make (the stat
+    /// fingerprint, then the content, since a same-granule change hides behind an unchanged
+    /// stat), made now while they are in the page cache, so the next no-op only stats them.
+    /// Outputs changed since (a later step wrote into them) fail the check and stay as
+    /// recorded: the next build restores them. Outputs written in the build's last moments
+    /// stay racy; waiting for them would slow every build down.
     fn record_settled(&self, unsettled: Vec<Unsettled>) {
         let now = inputs::now_ns();
         for (node, digest, settles) in unsettled {
             if settles <= now {
                 let n = &self.graph.nodes[node];
-                let _ = self.store.record_installed(&self.root, &n.name, &n.step.outputs, &digest);
+                let fingerprint = || inputs::outputs_fingerprint(&self.root, &n.step.outputs);
+                let _ = self.store.outputs_in_place(&self.root, &n.name, &n.step.outputs, &digest, fingerprint);
             }
         }
     }
