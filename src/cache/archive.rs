@@ -121,8 +121,10 @@ pub struct PackedFingerprint {
     pub digest: String,
     /// When the newest output settles ([`crate::inputs::settles_ns`]).
     pub settles_ns: i64,
-    /// When it was taken: before the first stat.
-    pub taken_ns: i64,
+    /// When the fingerprint counts as recorded for the racy check: after the last read if
+    /// every file was read once it had settled (a later change then moves its mtime, so the
+    /// stat shows it), else before the first stat (racy: a check will read the content).
+    pub recorded_ns: i64,
 }
 
 /// A packed entry, written to a temporary file.
@@ -231,8 +233,10 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<u64, ArchiveError> {
-    let mut raw_bytes = 0;
+/// Append `items`; the bytes of content, and whether a file was read before its mtime
+/// settled ([`crate::inputs::settles_ns`]).
+fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<(u64, bool), ArchiveError> {
+    let (mut raw_bytes, mut unsettled) = (0, false);
     for it in items {
         match &it.kind {
             Kind::Dir => {
@@ -241,6 +245,7 @@ fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<u64
                     .map_err(io_err(format!("archiving {}", it.rel)))?;
             }
             Kind::File => {
+                unsettled |= crate::inputs::now_ns() < crate::inputs::settles_ns(it.stat.mtime);
                 let f = File::open(&it.abs).map_err(io_err(format!("reading {}", it.rel)))?;
                 let mut h = header(tar::EntryType::Regular, it.mode, it.size);
                 b.append_data(&mut h, &it.rel, f.take(it.size)).map_err(io_err(format!("archiving {}", it.rel)))?;
@@ -252,7 +257,7 @@ fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<u64
             }
         }
     }
-    Ok(raw_bytes)
+    Ok((raw_bytes, unsettled))
 }
 
 /// The outputs digest of what is on disk now (the same bytes [`pack`] hashes), without
@@ -281,9 +286,8 @@ pub fn pack(
     level: i32,
 ) -> Result<Packed, ArchiveError> {
     // The outputs' fingerprint comes from the stats the walk takes anyway: each output's
-    // entries in walk order are what `outputs_fingerprint` visits. Taken before any stat, so
-    // the racy-window check stays sound.
-    let fingerprinted_ns = crate::inputs::now_ns();
+    // entries in walk order are what `outputs_fingerprint` visits.
+    let before_stats = crate::inputs::now_ns();
     let mut items = Vec::new();
     let (mut fp, mut settles) = (Vec::with_capacity(64 * 1024), 0i64);
     for out in outputs {
@@ -293,11 +297,7 @@ pub fn pack(
             crate::inputs::fingerprint_entry(&mut fp, it.rel.as_bytes(), it.stat, &mut settles);
         }
     }
-    let fingerprint = Some(PackedFingerprint {
-        digest: blake3::hash(&fp).to_hex().to_string(),
-        settles_ns: settles,
-        taken_ns: fingerprinted_ns,
-    });
+    let fp_digest = blake3::hash(&fp).to_hex().to_string();
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
 
@@ -324,7 +324,9 @@ pub fn pack(
     }
     b.get_mut().flush().map_err(io_err("archiving logs"))?;
     b.get_mut().get_mut().hasher = Some(blake3::Hasher::new());
-    let raw_bytes = append_items(&mut b, &items)?;
+    let (raw_bytes, unsettled) = append_items(&mut b, &items)?;
+    let recorded_ns = if unsettled { before_stats } else { crate::inputs::now_ns() };
+    let fingerprint = Some(PackedFingerprint { digest: fp_digest, settles_ns: settles, recorded_ns });
     b.get_mut().flush().map_err(io_err("archiving outputs"))?;
     let outputs_digest = b.get_mut().get_mut().hasher.take().expect("set above").finalize().to_hex().to_string();
     let tarw = b.into_inner().map_err(io_err("finishing the archive"))?;
@@ -757,9 +759,20 @@ mod tests {
         let fp = packed.digest.clone();
         let later = crate::inputs::outputs_fingerprint(&root, &outs).unwrap();
         assert_eq!((fp.clone(), packed.settles_ns), later);
-        assert!(packed.taken_ns >= before, "taken before the stats, not before the call");
+        // Just written, so read before they settled: recorded as of before the stats (racy).
+        assert!(packed.recorded_ns >= before && packed.recorded_ns < packed.settles_ns);
         // A changed output changes the later check's fingerprint, not the recorded one.
         fs::write(root.join("out/deps/lib/c"), "three").unwrap();
         assert_ne!(Some(fp), crate::inputs::outputs_fingerprint(&root, &outs).map(|(f, _)| f));
+        // Entries last written a minute ago are read settled: recorded as of after the reads.
+        let minute_ago =
+            rustix::fs::Timespec { tv_sec: (crate::inputs::now_ns() / 1_000_000_000 - 60) as _, tv_nsec: 7 };
+        let times = rustix::fs::Timestamps { last_access: minute_ago, last_modification: minute_ago };
+        for f in ["out/b.txt", "out/b/x", "out/deps/lib/c", "gen.h", "out/b"] {
+            rustix::fs::utimensat(rustix::fs::CWD, root.join(f), &times, rustix::fs::AtFlags::empty()).unwrap();
+        }
+        let settled = pack(&root, &["out/b/".to_string(), "gen.h".to_string()], &[], &t.path().join("tmp"), 3).unwrap();
+        let settled = settled.fingerprint.unwrap();
+        assert!(settled.recorded_ns >= settled.settles_ns, "not racy: {settled:?}");
     }
 }

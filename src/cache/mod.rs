@@ -200,14 +200,10 @@ impl Store {
         (settles > now).then_some(settles)
     }
 
-    /// Record that `step`'s outputs in `root`, just packed, are those of `outputs_digest`.
-    ///
-    /// The packer's fingerprint saves a second stat of every output. It is used unless it is
-    /// racy (taken before the newest output settled, [`crate::inputs::settles_ns`]: the next
-    /// check would then read every output again to confirm them) while a fingerprint taken
-    /// now would not be (they settled while they were packed): then one stat pass now spares
-    /// that read. Returns when the outputs settle if what it recorded is racy, like
-    /// [`Store::record_installed`].
+    /// Record that `step`'s outputs in `root`, just packed, are those of `outputs_digest`,
+    /// with the packer's fingerprint (which saves a second stat of every output); without one
+    /// (a remote archive), a fresh one. Returns when the outputs settle if what it recorded is
+    /// racy, like [`Store::record_installed`].
     pub fn record_packed(
         &self,
         root: &Path,
@@ -217,12 +213,12 @@ impl Store {
         packed: Option<&archive::PackedFingerprint>,
     ) -> Option<i64> {
         match packed {
-            Some(fp) if fp.settles_ns <= fp.taken_ns || fp.settles_ns > crate::inputs::now_ns() => {
+            Some(fp) => {
                 let root = root.display().to_string();
-                let _ = self.index().set_installed(&root, step, outputs_digest, &fp.digest, fp.taken_ns);
-                (fp.settles_ns > fp.taken_ns).then_some(fp.settles_ns)
+                let _ = self.index().set_installed(&root, step, outputs_digest, &fp.digest, fp.recorded_ns);
+                (fp.settles_ns > fp.recorded_ns).then_some(fp.settles_ns)
             }
-            _ => self.record_installed(root, step, outputs, outputs_digest),
+            None => self.record_installed(root, step, outputs, outputs_digest),
         }
     }
 
@@ -556,7 +552,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_packed_fingerprint_is_kept_unless_a_fresh_one_would_spare_a_reread() {
+    fn a_packed_fingerprint_is_recorded_as_packed_and_reported_while_racy() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(&t.path().join("cache")).unwrap();
         let root = t.path().join("root");
@@ -564,27 +560,22 @@ mod tests {
         fs::write(root.join("out/a"), "a").unwrap();
         let outs = vec!["out/".to_string()];
         let fresh = crate::inputs::outputs_fingerprint(&root, &outs).unwrap().0;
-        let installed = || store.index().installed(&root.display().to_string(), "s").unwrap().unwrap().1;
+        let installed = || store.index().installed(&root.display().to_string(), "s").unwrap().unwrap();
         let now = crate::inputs::now_ns();
-        let fp = |settles_ns: i64, taken_ns: i64| archive::PackedFingerprint {
+        let fp = |settles_ns: i64, recorded_ns: i64| archive::PackedFingerprint {
             digest: "packed".into(),
             settles_ns,
-            taken_ns,
+            recorded_ns,
         };
-        // Not racy when taken: kept.
-        let settled = store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 5_000_000_000, now - 3_000_000_000)));
-        assert_eq!((installed(), settled), ("packed".to_string(), None));
-        // Racy when taken, and still racy now (outputs just written): kept, a fresh one would
-        // be racy too; the caller learns when to take it again.
+        // Read settled: recorded as packed, nothing left to confirm.
+        let settles = store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 5_000_000_000, now - 3_000_000_000)));
+        assert_eq!((installed().1, installed().2, settles), ("packed".to_string(), now - 3_000_000_000, None));
+        // Read before settling: recorded as packed all the same (no second stat pass), and the
+        // caller learns when the outputs settle, to confirm them then.
         let settles = store.record_packed(&root, "s", &outs, "d", Some(&fp(now + 1_000_000_000, now)));
-        assert_eq!((installed(), settles), ("packed".to_string(), Some(now + 1_000_000_000)));
-        // Racy when taken but not now (they settled during a long pack): taken again, so the next
-        // check is not a re-read.
-        store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 1_000_000_000, now - 1_500_000_000)));
-        assert_eq!(installed(), fresh);
-        // No packer fingerprint (a remote archive): taken.
-        store.index().set_installed(&root.display().to_string(), "s", "d", "other", 0).unwrap();
+        assert_eq!((installed().1, settles), ("packed".to_string(), Some(now + 1_000_000_000)));
+        // No packer fingerprint (a remote archive): a fresh one.
         store.record_packed(&root, "s", &outs, "d", None);
-        assert_eq!(installed(), fresh);
+        assert_eq!(installed().1, fresh);
     }
 }
