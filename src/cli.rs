@@ -409,6 +409,9 @@ pub struct BuildArgs {
     pub summary_file: Option<PathBuf>,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Fail at once (exit 5) if another build holds this workspace, instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,6 +49,8 @@ pub enum ArchiveError {
     Unsupported { path: String, kind: &'static str },
     #[error("archive entry `{entry}` refused: {problem}")]
     Unsafe { entry: String, problem: String },
+    #[error("output `{0}` changed while it was being stored (is a process the step started still writing?)")]
+    ChangedWhilePacking(String),
     #[error("blob digest mismatch: expected {expected}, found {found}")]
     Digest { expected: String, found: String },
     #[error("{context}: {source}")]
@@ -62,7 +64,9 @@ impl ArchiveError {
         match self {
             ArchiveError::Digest { .. } | ArchiveError::Unsafe { .. } => true,
             ArchiveError::Io { context, source } => {
-                (context.starts_with("opening blob") && source.kind() == io::ErrorKind::NotFound)
+                (context.starts_with("opening blob")
+                    && (matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidData)
+                        || source.raw_os_error() == Some(libc::ELOOP)))
                     || context.starts_with("reading")
                     || context.starts_with("starting zstd")
             }
@@ -248,7 +252,13 @@ fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<(u6
                 unsettled |= crate::inputs::now_ns() < crate::inputs::settles_ns(it.stat.mtime);
                 let f = File::open(&it.abs).map_err(io_err(format!("reading {}", it.rel)))?;
                 let mut h = header(tar::EntryType::Regular, it.mode, it.size);
-                b.append_data(&mut h, &it.rel, f.take(it.size)).map_err(io_err(format!("archiving {}", it.rel)))?;
+                b.append_data(&mut h, &it.rel, (&f).take(it.size)).map_err(io_err(format!("archiving {}", it.rel)))?;
+                // What was read is what was stat'ed: the same size, times and inode after
+                // the read (one fstat on the open file).
+                let after = f.metadata().map_err(io_err(format!("reading {}", it.rel)))?;
+                if !same_stat(&it.stat, &crate::inputs::FingerprintStat::of_metadata(&after)) {
+                    return Err(ArchiveError::ChangedWhilePacking(it.rel.clone()));
+                }
                 raw_bytes += it.size;
             }
             Kind::Symlink(target) => {
@@ -258,6 +268,79 @@ fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<(u6
         }
     }
     Ok((raw_bytes, unsettled))
+}
+
+fn same_stat(a: &crate::inputs::FingerprintStat, b: &crate::inputs::FingerprintStat) -> bool {
+    (a.size, a.mode, a.mtime, a.ino, a.ctime) == (b.size, b.mode, b.mtime, b.ino, b.ctime)
+}
+
+/// Directories gained or lost no entry since they were listed (their times are unchanged).
+fn dirs_unchanged(items: &[Item]) -> Result<(), ArchiveError> {
+    for it in items.iter().filter(|it| matches!(it.kind, Kind::Dir)) {
+        let now = fs::symlink_metadata(&it.abs).map_err(|_| ArchiveError::ChangedWhilePacking(it.rel.clone()))?;
+        if !same_stat(&it.stat, &crate::inputs::FingerprintStat::of_metadata(&now)) {
+            return Err(ArchiveError::ChangedWhilePacking(it.rel.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Every entry of `outputs` under `root`, sorted and without duplicates (unreadable or
+/// missing outputs are left out).
+fn list(root: &Path, outputs: &[String]) -> Vec<Item> {
+    let mut items = Vec::new();
+    for out in outputs {
+        let _ = collect(root, &normalize_output(out), &mut items);
+    }
+    items.sort_by(|a, b| a.rel.cmp(&b.rel));
+    items.dedup_by(|a, b| a.rel == b.rel);
+    items
+}
+
+/// The first path where the worktree's outputs differ from freshly extracted ones, said the
+/// way a person wants to hear why outputs were restored: `deps/x.ex was changed`.
+pub fn first_difference(staged: &Path, worktree: &Path, outputs: &[String]) -> Option<String> {
+    let (a, b) = (list(staged, outputs), list(worktree, outputs));
+    let there: std::collections::HashMap<&str, &Item> = b.iter().map(|i| (i.rel.as_str(), i)).collect();
+    for it in &a {
+        let Some(w) = there.get(it.rel.as_str()) else {
+            return Some(format!("{} was removed", it.rel));
+        };
+        let differs = match (&it.kind, &w.kind) {
+            (Kind::Dir, Kind::Dir) => it.mode != w.mode,
+            (Kind::Symlink(x), Kind::Symlink(y)) => x != y,
+            (Kind::File, Kind::File) => {
+                it.mode != w.mode || it.size != w.size || fs::read(&it.abs).ok() != fs::read(&w.abs).ok()
+            }
+            _ => true,
+        };
+        if differs {
+            let how = if it.mode != w.mode && matches!((&it.kind, &w.kind), (Kind::File, Kind::File)) {
+                format!("had its permissions changed ({:o} → {:o})", it.mode, w.mode)
+            } else {
+                "was changed".to_string()
+            };
+            return Some(format!("{} {how}", it.rel));
+        }
+    }
+    let staged: HashSet<&str> = a.iter().map(|i| i.rel.as_str()).collect();
+    b.iter().find(|w| !staged.contains(w.rel.as_str())).map(|w| format!("{} was added", w.rel))
+}
+
+/// The first output file (in path order) whose content `pred` flags, with what it said.
+pub fn find_in_outputs(
+    root: &Path,
+    outputs: &[String],
+    pred: impl Fn(&[u8]) -> Option<String>,
+) -> Option<(String, String)> {
+    for it in list(root, outputs) {
+        if matches!(it.kind, Kind::File) {
+            if let Some(what) = fs::read(&it.abs).ok().and_then(|bytes| pred(&bytes)) {
+                return Some((it.rel, what));
+            }
+        }
+    }
+    None
 }
 
 /// The outputs digest of what is on disk now (the same bytes [`pack`] hashes), without
@@ -304,6 +387,26 @@ pub fn pack(
     fs::create_dir_all(tmp_dir).map_err(io_err("creating the store's tmp directory"))?;
     let tmp_path = tmp_dir.join(format!("pack-{}-{}.tmp", std::process::id(), unique()));
     let file = File::create(&tmp_path).map_err(io_err(format!("creating {}", tmp_path.display())))?;
+    // Whatever goes wrong from here (a full disk, an output changing underfoot), the partial
+    // archive goes too.
+    let r = pack_into(file, &tmp_path, items, logs, level, before_stats, fp_digest, settles);
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp_path);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack_into(
+    file: File,
+    tmp_path: &Path,
+    items: Vec<Item>,
+    logs: &[(&str, &[u8])],
+    level: i32,
+    before_stats: i64,
+    fp_digest: String,
+    settles: i64,
+) -> Result<Packed, ArchiveError> {
     let blob =
         Hashing { inner: BufWriter::with_capacity(1 << 20, file), hasher: Some(blake3::Hasher::new()), count: 0 };
     let mut enc = zstd::stream::Encoder::new(blob, level).map_err(io_err("starting zstd"))?;
@@ -325,6 +428,7 @@ pub fn pack(
     b.get_mut().flush().map_err(io_err("archiving logs"))?;
     b.get_mut().get_mut().hasher = Some(blake3::Hasher::new());
     let (raw_bytes, unsettled) = append_items(&mut b, &items)?;
+    dirs_unchanged(&items)?;
     let recorded_ns = if unsettled { before_stats } else { crate::inputs::now_ns() };
     let fingerprint = Some(PackedFingerprint { digest: fp_digest, settles_ns: settles, recorded_ns });
     b.get_mut().flush().map_err(io_err("archiving outputs"))?;
@@ -340,7 +444,7 @@ pub fn pack(
     file.sync_all().map_err(io_err("syncing the archive"))?;
     let log_bytes = logs.iter().map(|(_, b)| b.len() as u64).sum();
     Ok(Packed {
-        tmp_path,
+        tmp_path: tmp_path.to_path_buf(),
         blob_digest,
         outputs_digest,
         blob_size,
@@ -421,38 +525,218 @@ struct FileJob {
     data: Vec<u8>,
 }
 
+fn create(dest: &Path, raw: &str, mode: u32) -> Result<File, ArchiveError> {
+    OpenOptions::new().write(true).create_new(true).mode(mode | 0o600).open(dest).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            unsafe_entry(raw, "a file where the archive already has a directory or link")
+        } else {
+            ArchiveError::Io { context: format!("creating {raw}"), source: e }
+        }
+    })
+}
+
 fn write_file(dest: &Path, raw: &str, mode: u32, reader: &mut dyn Read, size: u64) -> Result<(), ArchiveError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode | 0o600)
-        .open(dest)
-        .map_err(io_err(format!("creating {raw}")))?;
+    let f = create(dest, raw, mode)?;
     let mut w = BufWriter::with_capacity(256 << 10, f);
     let copied = io::copy(&mut reader.take(size), &mut w).map_err(io_err(format!("writing {raw}")))?;
     if copied != size {
         return Err(unsafe_entry(raw, "truncated entry"));
     }
-    w.flush().map_err(io_err(format!("writing {raw}")))
+    w.flush().map_err(io_err(format!("writing {raw}")))?;
+    exact_mode(w.get_ref(), mode, raw)
 }
 
 /// Write a whole small file at once (no buffer: most restored files are small).
 fn write_bytes(dest: &Path, raw: &str, mode: u32, data: &[u8]) -> Result<(), ArchiveError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode | 0o600)
-        .open(dest)
-        .map_err(io_err(format!("creating {raw}")))?;
-    f.write_all(data).map_err(io_err(format!("writing {raw}")))
+    let mut f = create(dest, raw, mode)?;
+    f.write_all(data).map_err(io_err(format!("writing {raw}")))?;
+    exact_mode(&f, mode, raw)
 }
 
-/// Extract `blob` into the empty directory `staging`, verifying its digest.
+/// Where a restore's symlinks may lead.
+///
+/// Every link is resolved the way the kernel would once the outputs are in place: through the
+/// links of the archive itself (inside the step's outputs the archive is what will be there)
+/// and through the links already in the worktree (outside them). A link is refused when that
+/// resolution leaves the workspace, ends in `.git/` or cairn's own working directories, or
+/// ends on a path `protected` names (the inputs of steps: a later run writing through such a
+/// link would overwrite a source file). Resolution is done once every entry is known, so the
+/// order of entries in the archive cannot hide a chain.
+pub struct LinkRules<'a> {
+    pub root: &'a Path,
+    /// The step's declared outputs (as declared; normalised here).
+    pub outputs: &'a [String],
+    /// Why a path (relative to the root, `/`-separated) may not be a link's target, if so.
+    pub protected: &'a (dyn Fn(&str) -> Option<String> + Sync),
+}
+
+impl<'a> LinkRules<'a> {
+    /// Links may point anywhere inside the workspace except cairn's and git's own directories.
+    pub fn within(root: &'a Path, outputs: &'a [String]) -> LinkRules<'a> {
+        LinkRules { root, outputs, protected: &|_| None }
+    }
+}
+
+/// Follow `link -> target` (both relative to the root) to the path it finally names, through
+/// the links `lookup` knows. Errors say how the chain escapes.
+fn resolve_link(link: &Path, target: &Path, lookup: &dyn Fn(&Path) -> Option<PathBuf>) -> Result<PathBuf, String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    fn parts(p: &Path) -> Result<Vec<OsString>, ()> {
+        let mut v = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => v.push(n.to_owned()),
+                Component::CurDir => {}
+                Component::ParentDir => v.push("..".into()),
+                Component::RootDir | Component::Prefix(_) => return Err(()),
+            }
+        }
+        Ok(v)
+    }
+    let absolute = || format!("target `{}` leads to an absolute path", target.display());
+    let mut cur: Vec<OsString> = parts(link.parent().unwrap_or(Path::new(""))).map_err(|_| absolute())?;
+    let mut pending: VecDeque<OsString> = parts(target).map_err(|_| absolute())?.into();
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            if cur.pop().is_none() {
+                return Err(format!("target `{}` leads outside the workspace", target.display()));
+            }
+            continue;
+        }
+        cur.push(c);
+        let here: PathBuf = cur.iter().collect();
+        if let Some(next) = lookup(&here) {
+            hops += 1;
+            if hops > 40 {
+                return Err(format!("target `{}`: too many levels of symbolic links", target.display()));
+            }
+            cur.pop();
+            let spliced = parts(&next).map_err(|_| {
+                format!("target `{}` leads through `{}` to an absolute path", target.display(), here.display())
+            })?;
+            for s in spliced.into_iter().rev() {
+                pending.push_front(s);
+            }
+        }
+    }
+    Ok(cur.iter().collect())
+}
+
+/// Is `rel` (relative to the root) `out` or inside it?
+fn under(rel: &Path, out: &str) -> bool {
+    rel.starts_with(out)
+}
+
+/// Check every symlink of an extracted archive against `rules` (see [`LinkRules`]).
+fn check_links(links: &std::collections::HashMap<PathBuf, PathBuf>, rules: &LinkRules) -> Result<(), ArchiveError> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let outputs: Vec<String> = rules.outputs.iter().map(|o| normalize_output(o)).collect();
+    let lookup = |p: &Path| -> Option<PathBuf> {
+        if let Some(t) = links.get(p) {
+            return Some(t.clone());
+        }
+        if outputs.iter().any(|o| under(p, o)) {
+            return None; // replaced by the archive's content
+        }
+        let abs = rules.root.join(p);
+        match fs::symlink_metadata(&abs) {
+            Ok(m) if m.file_type().is_symlink() => Some(fs::read_link(&abs).unwrap_or_else(|_| PathBuf::from("/"))),
+            _ => None,
+        }
+    };
+    let mut sorted: Vec<_> = links.iter().collect();
+    sorted.sort();
+    for (link, target) in sorted {
+        let raw = link.display().to_string();
+        let end = resolve_link(link, target, &lookup).map_err(|why| unsafe_entry(&raw, format!("symlink {why}")))?;
+        let end_s = end.to_string_lossy().replace('\\', "/");
+        let first = end.components().next().map(|c| c.as_os_str().to_string_lossy().to_string()).unwrap_or_default();
+        if end.as_os_str().is_empty() {
+            return Err(unsafe_entry(
+                &raw,
+                format!("symlink target `{}` is the workspace root itself", target.display()),
+            ));
+        }
+        if first == ".git" || first == ".cairn-tmp" {
+            return Err(unsafe_entry(&raw, format!("symlink target `{}` points into `{first}/`", target.display())));
+        }
+        if let Some(why) = (rules.protected)(&end_s) {
+            return Err(unsafe_entry(
+                &raw,
+                format!("symlink target `{}` resolves to `{end_s}`, {why}", target.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The process's umask, read without changing it (`umask(2)` can only be read by setting it,
+/// which races with threads creating files).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+            .and_then(|v| u32::from_str_radix(&v, 8).ok())
+            .unwrap_or(0o022)
+    })
+}
+
+/// Give a just-written file exactly `mode` when creating it with `mode | 0o600` under the
+/// umask did not.
+fn exact_mode(f: &File, mode: u32, raw: &str) -> Result<(), ArchiveError> {
+    if (mode | 0o600) & !umask() != mode {
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(format!("chmod {raw}")))?;
+    }
+    Ok(())
+}
+
+/// Open a blob for reading, refusing anything but a regular file without blocking on it (a
+/// FIFO planted where a blob should be would otherwise hang the open).
+pub fn open_blob(blob: &Path) -> Result<File, ArchiveError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(blob)
+        .map_err(io_err(format!("opening blob {}", blob.display())))?;
+    let meta = file.metadata().map_err(io_err(format!("opening blob {}", blob.display())))?;
+    if !meta.is_file() {
+        return Err(ArchiveError::Io {
+            context: format!("opening blob {}", blob.display()),
+            source: io::Error::new(io::ErrorKind::InvalidData, "not a regular file"),
+        });
+    }
+    // Back to blocking reads (regular files never block anyway).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(file)
+}
+
+/// Extract `blob` into the empty directory `staging`, verifying its digest, and check its
+/// symlinks against `links`.
 ///
 /// One thread reads, validates and decompresses; small files are written by a pool of
 /// writer threads. Anything refused stops the extraction; the caller removes `staging`.
-pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits) -> Result<Unpacked, ArchiveError> {
-    let file = File::open(blob).map_err(io_err(format!("opening blob {}", blob.display())))?;
+/// Permission bits come back exactly as archived (read-only files and directories too:
+/// directories get theirs once everything inside them is written).
+pub fn unpack(
+    blob: &Path,
+    expected_digest: &str,
+    staging: &Path,
+    limits: Limits,
+    links: &LinkRules,
+) -> Result<Unpacked, ArchiveError> {
+    let file = open_blob(blob)?;
     fs::create_dir_all(staging).map_err(io_err("creating the staging directory"))?;
     let first_error: std::sync::Mutex<Option<ArchiveError>> = std::sync::Mutex::new(None);
     let (tx, rx) = std::sync::mpsc::sync_channel::<FileJob>(256);
@@ -476,8 +760,20 @@ pub fn unpack(blob: &Path, expected_digest: &str, staging: &Path, limits: Limits
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    result
+    let (out, symlinks, dir_modes) = result?;
+    check_links(&symlinks, links)?;
+    // Directories last and deepest first: a read-only one is finished only when its
+    // contents are.
+    for (dir, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode))
+            .map_err(io_err(format!("chmod {}", dir.display())))?;
+    }
+    Ok(out)
 }
+
+/// Symlinks of an archive (path → target, relative to the root) and directories whose exact
+/// mode is set once their contents are written.
+type Extracted = (Unpacked, std::collections::HashMap<PathBuf, PathBuf>, Vec<(PathBuf, u32)>);
 
 fn read_entries(
     file: File,
@@ -486,7 +782,7 @@ fn read_entries(
     limits: Limits,
     tx: &std::sync::mpsc::SyncSender<FileJob>,
     writer_error: &std::sync::Mutex<Option<ArchiveError>>,
-) -> Result<Unpacked, ArchiveError> {
+) -> Result<Extracted, ArchiveError> {
     // The blob is read (and hashed) a megabyte at a time: blake3 is several times faster on
     // large pieces than on the 8 KiB a default buffer would hand it.
     let reader = HashingReader { inner: file, hasher: blake3::Hasher::new() };
@@ -495,8 +791,9 @@ fn read_entries(
     let mut archive = tar::Archive::new(dec);
     let mut out = Unpacked::default();
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    let mut symlinks: std::collections::HashMap<PathBuf, PathBuf> = Default::default();
     let mut dirs: HashSet<PathBuf> = HashSet::new();
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     let entries = archive.entries().map_err(io_err("reading the archive"))?;
     for entry in entries {
         if writer_error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
@@ -518,7 +815,7 @@ fn read_entries(
         // Nothing may be created through a symlink made by this archive.
         let mut ancestor = rel.parent();
         while let Some(a) = ancestor {
-            if symlinks.contains(a) {
+            if symlinks.contains_key(a) {
                 return Err(unsafe_entry(&raw, format!("parent `{}` is a symlink", a.display())));
             }
             ancestor = a.parent();
@@ -542,7 +839,7 @@ fn read_entries(
             return Err(unsafe_entry(&raw, "reserved path"));
         }
         let dest = staging.join(&rel);
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777 & !0o022;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         let mut ensure_parent = |dest: &Path, raw: &str| -> Result<(), ArchiveError> {
             if let Some(parent) = dest.parent() {
                 if !dirs.contains(parent) {
@@ -554,9 +851,15 @@ fn read_entries(
         };
         match kind {
             tar::EntryType::Directory => {
+                if fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_dir()) {
+                    return Err(unsafe_entry(&raw, "a directory where the archive already has a file"));
+                }
                 fs::create_dir_all(&dest).map_err(io_err(format!("creating {raw}")))?;
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
                     .map_err(io_err(format!("chmod {raw}")))?;
+                if mode | 0o700 != mode {
+                    dir_modes.push((dest.clone(), mode));
+                }
                 dirs.insert(dest);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -591,8 +894,14 @@ fn read_entries(
                     ));
                 }
                 ensure_parent(&dest, &raw)?;
-                std::os::unix::fs::symlink(&target, &dest).map_err(io_err(format!("creating link {raw}")))?;
-                symlinks.insert(rel);
+                std::os::unix::fs::symlink(&target, &dest).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        unsafe_entry(&raw, "a symlink where the archive already has a file or directory")
+                    } else {
+                        ArchiveError::Io { context: format!("creating link {raw}"), source: e }
+                    }
+                })?;
+                symlinks.insert(rel, target);
             }
             tar::EntryType::Link => return Err(unsafe_entry(&raw, "hard links are not allowed")),
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -610,12 +919,12 @@ fn read_entries(
     if found != expected_digest {
         return Err(ArchiveError::Digest { expected: expected_digest.to_string(), found });
     }
-    Ok(out)
+    Ok((out, symlinks, dir_modes))
 }
 
 /// Read only the logs at the start of an archive (no verification: nothing is extracted).
 pub fn read_logs(blob: &Path) -> Result<(Vec<u8>, Vec<u8>), ArchiveError> {
-    let file = File::open(blob).map_err(io_err(format!("opening blob {}", blob.display())))?;
+    let file = open_blob(blob)?;
     let dec = zstd::stream::Decoder::new(file).map_err(io_err("starting zstd"))?;
     let mut archive = tar::Archive::new(dec);
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
@@ -642,9 +951,36 @@ pub fn unique() -> String {
     format!("{}-{:x}", N.fetch_add(1, Ordering::Relaxed), t)
 }
 
+/// The first ancestor of `rel` (strictly between the root and `rel`) that is a symlink in the
+/// worktree: an output under one would be written through the link.
+pub fn linked_ancestor(root: &Path, rel: &str) -> Option<String> {
+    let mut acc = PathBuf::new();
+    let comps: Vec<_> = Path::new(rel).components().collect();
+    for c in comps.iter().take(comps.len().saturating_sub(1)) {
+        acc.push(c);
+        if fs::symlink_metadata(root.join(&acc)).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(acc.display().to_string());
+        }
+    }
+    None
+}
+
 /// Move each staged output into place. Existing outputs are moved aside first and removed
-/// only after the new ones are in place; a failure puts the old ones back.
+/// only after the new ones are in place; a failure puts the old ones back. Nothing is written
+/// through a link: an output whose parent in the worktree is a symlink is refused, and an
+/// existing output that is a link is moved aside as the link itself.
 pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) -> Result<(), ArchiveError> {
+    for out in outputs {
+        let rel = normalize_output(out);
+        if let Some(link) = linked_ancestor(root, &rel) {
+            return Err(ArchiveError::Io {
+                context: format!("restoring output {rel}"),
+                source: io::Error::other(format!(
+                    "`{link}` in the worktree is a symlink, and cairn never writes through one; remove it and build again"
+                )),
+            });
+        }
+    }
     fs::create_dir_all(trash).map_err(io_err("creating the trash directory"))?;
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut installed: Vec<PathBuf> = Vec::new();
@@ -653,18 +989,19 @@ pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) ->
             let rel = normalize_output(out);
             let src = staging.join(&rel);
             let dst = root.join(&rel);
-            if fs::symlink_metadata(&src).is_err() {
+            let Ok(meta) = fs::symlink_metadata(&src) else {
                 return Err(ArchiveError::MissingOutput(rel));
-            }
+            };
             if let Some(parent) = dst.parent() {
                 fs::create_dir_all(parent).map_err(io_err(format!("creating parent of {rel}")))?;
             }
             if fs::symlink_metadata(&dst).is_ok() {
                 let aside = trash.join(format!("old-{}", unique()));
-                fs::rename(&dst, &aside).map_err(io_err(format!("moving old {rel} aside")))?;
+                rename_dir(&dst, &aside).map_err(io_err(format!("moving old {rel} aside")))?;
                 moved.push((aside, dst.clone()));
             }
-            fs::rename(&src, &dst).map_err(io_err(format!("moving {rel} into place")))?;
+            let _ = meta;
+            rename_dir(&src, &dst).map_err(io_err(format!("moving {rel} into place")))?;
             installed.push(dst);
         }
         Ok(())
@@ -681,20 +1018,60 @@ pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) ->
                 let _ = remove_any(&dst);
             }
             for (aside, dst) in moved {
-                let _ = fs::rename(&aside, &dst);
+                let _ = rename_dir(&aside, &dst);
             }
             Err(e)
         }
     }
 }
 
-/// Remove a file, symlink or directory tree.
+/// `rename`, also for a directory without write permission for its owner (moving one to
+/// another parent rewrites its `..`, which needs it): made writable for the move, then given
+/// its mode back.
+fn rename_dir(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let meta = fs::symlink_metadata(from)?;
+            if !meta.is_dir() || meta.mode() & 0o200 != 0 {
+                return Err(e);
+            }
+            fs::set_permissions(from, fs::Permissions::from_mode((meta.mode() & 0o7777) | 0o700))?;
+            let r = fs::rename(from, to);
+            let at = if r.is_ok() { to } else { from };
+            let _ = fs::set_permissions(at, fs::Permissions::from_mode(meta.mode() & 0o7777));
+            r
+        }
+        r => r,
+    }
+}
+
+/// Remove a file, symlink or directory tree, including read-only directories (git writes
+/// its objects' directories without write permission for anyone).
 pub fn remove_any(p: &Path) -> io::Result<()> {
     match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(m) if m.is_dir() => match fs::remove_dir_all(p) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                make_writable(p);
+                fs::remove_dir_all(p)
+            }
+            r => r,
+        },
         Ok(_) => fs::remove_file(p),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Give every directory under `p` (not following links) owner read, write and search.
+fn make_writable(p: &Path) {
+    for e in walkdir::WalkDir::new(p).follow_links(false).contents_first(false).into_iter().flatten() {
+        if e.file_type().is_dir() {
+            if let Ok(m) = e.metadata() {
+                if m.mode() & 0o700 != 0o700 {
+                    let _ = fs::set_permissions(e.path(), fs::Permissions::from_mode((m.mode() & 0o7777) | 0o700));
+                }
+            }
+        }
     }
 }
 
@@ -708,6 +1085,51 @@ mod tests {
         assert!(link_stays_inside(Path::new("out/sub/a"), Path::new("../b")));
         assert!(!link_stays_inside(Path::new("out/a"), Path::new("../../etc/passwd")));
         assert!(!link_stays_inside(Path::new("a"), Path::new("/etc")));
+    }
+
+    fn resolve(link: &str, target: &str, links: &[(&str, &str)]) -> Result<String, String> {
+        let map: std::collections::HashMap<PathBuf, PathBuf> =
+            links.iter().map(|(l, t)| (PathBuf::from(l), PathBuf::from(t))).collect();
+        resolve_link(Path::new(link), Path::new(target), &|p| map.get(p).cloned()).map(|p| p.display().to_string())
+    }
+
+    #[test]
+    fn links_resolve_through_other_links_as_the_kernel_would() {
+        assert_eq!(resolve("out/a", "b", &[]).unwrap(), "out/b");
+        assert_eq!(resolve("out/sub/a", "../b", &[]).unwrap(), "out/b");
+        // Lexically inside, physically outside: `x` is `out` itself, so `x/../..` leaves.
+        let chain = [("out/x", ".")];
+        assert!(resolve("out/a.txt", "x/../../elsewhere/f", &chain).unwrap_err().contains("outside the workspace"));
+        assert_eq!(resolve("out/a.txt", "x/../f", &chain).unwrap(), "f");
+        // Through a link to an absolute path; a loop.
+        assert!(resolve("out/a", "up/f", &[("out/up", "/etc")]).unwrap_err().contains("absolute"));
+        assert!(resolve("out/a", "l1/f", &[("out/l1", "l2"), ("out/l2", "l1")]).unwrap_err().contains("levels"));
+        assert!(resolve("a", "/etc", &[]).is_err());
+        assert_eq!(resolve("priv", "../x", &[]).unwrap_err(), "target `../x` leads outside the workspace");
+    }
+
+    #[test]
+    fn read_only_files_and_directories_come_back_exactly() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("out/objects/ab")).unwrap();
+        fs::write(root.join("out/objects/ab/cd"), "blob").unwrap();
+        fs::write(root.join("out/shared"), "x").unwrap();
+        fs::set_permissions(root.join("out/objects/ab/cd"), fs::Permissions::from_mode(0o444)).unwrap();
+        fs::set_permissions(root.join("out/shared"), fs::Permissions::from_mode(0o664)).unwrap();
+        fs::set_permissions(root.join("out/objects/ab"), fs::Permissions::from_mode(0o555)).unwrap();
+        let outs = vec!["out/".to_string()];
+        let p = pack(&root, &outs, &[], &t.path().join("tmp"), 3).unwrap();
+        let staging = t.path().join("staging");
+        unpack(&p.tmp_path, &p.blob_digest, &staging, Limits::default(), &LinkRules::within(&root, &outs)).unwrap();
+        let mode = |p: &str| fs::symlink_metadata(staging.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!((mode("out/objects/ab/cd"), mode("out/shared"), mode("out/objects/ab")), (0o444, 0o664, 0o555));
+        // Installing over the old outputs (read-only directories included) and cleaning up.
+        install(&staging, &root, &outs, &t.path().join("trash")).unwrap();
+        assert_eq!(fs::symlink_metadata(root.join("out/objects/ab")).unwrap().mode() & 0o777, 0o555);
+        assert_eq!(outputs_digest(&root, &outs).unwrap(), p.outputs_digest, "the restored tree digests as stored");
+        remove_any(&root.join("out")).unwrap();
+        assert!(!root.join("out").exists());
     }
 
     #[test]
@@ -731,12 +1153,13 @@ mod tests {
         assert_eq!(fs::read(&p1.tmp_path).unwrap(), fs::read(&p3.tmp_path).unwrap(), "canonical bytes");
 
         let staging = t.path().join("staging");
-        let u = unpack(&p1.tmp_path, &p1.blob_digest, &staging, Limits::default()).unwrap();
+        let rules = LinkRules::within(&root, &outs);
+        let u = unpack(&p1.tmp_path, &p1.blob_digest, &staging, Limits::default(), &rules).unwrap();
         assert_eq!(u.stdout, b"log\n");
         assert_eq!(fs::read_to_string(staging.join("out/a.txt")).unwrap(), "hello");
         assert_eq!(fs::metadata(staging.join("out/sub/b.sh")).unwrap().mode() & 0o777, 0o755);
         assert_eq!(fs::read_link(staging.join("out/link")).unwrap(), Path::new("a.txt"));
-        let wrong = unpack(&p1.tmp_path, &p2.blob_digest, &t.path().join("staging2"), Limits::default());
+        let wrong = unpack(&p1.tmp_path, &p2.blob_digest, &t.path().join("staging2"), Limits::default(), &rules);
         assert!(matches!(wrong, Err(ArchiveError::Digest { .. })));
     }
 

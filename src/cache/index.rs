@@ -200,7 +200,51 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
     })
 }
 
+impl IndexError {
+    /// A damage found by other means (an earlier run's failed query).
+    pub fn damaged(why: &str) -> IndexError {
+        IndexError {
+            context: why.to_string(),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some("database disk image is malformed".into()),
+            ),
+        }
+    }
+
+    /// Is the database file itself damaged (not a database, corrupt pages), as opposed to
+    /// being busy, locked or on a full disk?
+    pub fn is_damaged(&self) -> bool {
+        use rusqlite::ffi::ErrorCode;
+        matches!(
+            &self.source,
+            rusqlite::Error::SqliteFailure(e, _) if matches!(e.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+        )
+    }
+}
+
 impl Index {
+    /// Open an index the process may not write (a read-only store): no locks, no WAL, no
+    /// migrations; every write fails, which callers treat as a warning.
+    pub fn open_read_only(path: &Path) -> Result<Index, IndexError> {
+        use rusqlite::OpenFlags;
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
+            .map_err(ctx("open read-only"))?;
+        let idx = Index { conn };
+        if idx.schema_version() != MIGRATIONS.len() as i64 {
+            return Err(IndexError {
+                context: format!(
+                    "is read-only and at schema {} (this cairn needs {})",
+                    idx.schema_version(),
+                    MIGRATIONS.len()
+                ),
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        Ok(idx)
+    }
+
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let conn = Connection::open(path).map_err(ctx("open"))?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(ctx("busy timeout"))?;
@@ -216,6 +260,11 @@ impl Index {
         conn.pragma_update(None, "mmap_size", 256i64 << 20).map_err(ctx("mmap"))?;
         let mut idx = Index { conn };
         idx.migrate()?;
+        // A damaged file can open and even migrate (the header is intact) yet fail on the
+        // first page it reads: read the schema once, which touches every table's root page.
+        idx.conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get::<_, i64>(0))
+            .map_err(ctx("read schema"))?;
         Ok(idx)
     }
 

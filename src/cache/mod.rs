@@ -108,11 +108,31 @@ pub struct Pending {
 pub struct Restored {
     pub unpacked: Unpacked,
     pub bytes: u64,
+    /// Why outputs cairn had installed were put back: the first file found changed.
+    pub changed: Option<String>,
 }
 
 pub struct Store {
     dir: PathBuf,
     index: Mutex<Index>,
+    /// The store could be read but not written (a read-only mount, no permission): hits are
+    /// restored, nothing is stored.
+    read_only: bool,
+    /// What opening the store had to repair or give up, said once by the caller.
+    warnings: Vec<String>,
+}
+
+/// Can files be created in `dir`? (Permission bits alone don't say: root ignores them, and a
+/// read-only mount refuses everyone.)
+fn dir_writable(dir: &Path) -> bool {
+    let probe = dir.join("tmp").join(format!(".write-probe-{}", archive::unique()));
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -124,16 +144,110 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Store {
+    /// Open (or create) the store, healing what a crash, a full disk or a stray hand left:
+    /// a `tmp` or `blobs` that is not a directory is replaced; a damaged index is moved aside
+    /// (`index.sqlite.damaged-*`) and started afresh, which costs re-running steps, never a
+    /// wrong hit; a store that cannot be written is opened read-only. Each repair is one
+    /// warning in [`Store::warnings`].
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let io = |context: &str| {
             let dir = dir.to_path_buf();
             let context = context.to_string();
             move |source| StoreError::Io { dir, context, source }
         };
-        fs::create_dir_all(dir.join("blobs")).map_err(io("creating the store"))?;
-        fs::create_dir_all(dir.join("tmp")).map_err(io("creating the store"))?;
-        let index = Index::open(&dir.join("index.sqlite"))?;
-        Ok(Store { dir: dir.to_path_buf(), index: Mutex::new(index) })
+        let mut warnings = Vec::new();
+        let mut writable = true;
+        for sub in ["blobs", "tmp"] {
+            let p = dir.join(sub);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    // A file (or link) where a directory belongs: nothing of the store's is in it.
+                    if fs::remove_file(&p).is_ok() {
+                        warnings.push(format!(
+                            "the store's `{sub}` at {} was not a directory; replaced it with an empty one",
+                            p.display()
+                        ));
+                    }
+                }
+                Err(_) => {}
+            }
+            match fs::create_dir_all(&p) {
+                Ok(()) => {}
+                Err(e) if dir.join("index.sqlite").exists() => {
+                    writable = false;
+                    let _ = e;
+                }
+                Err(e) => return Err(io("creating the store")(e)),
+            }
+        }
+        let path = dir.join("index.sqlite");
+        let marker = dir.join("index.damaged");
+        if writable && !path.exists() {
+            // A deleted index whose write-ahead log stayed behind: replaying that log into a
+            // new, empty database would make it corrupt.
+            for ext in ["-wal", "-shm"] {
+                let _ = fs::remove_file(dir.join(format!("index.sqlite{ext}")));
+            }
+        }
+        if writable && !dir_writable(dir) {
+            writable = false;
+        }
+        let index = if !writable {
+            warnings.push(format!(
+                "the store at {} is read-only: stored results are restored, new ones are not stored",
+                dir.display()
+            ));
+            Index::open_read_only(&path)?
+        } else {
+            let opened = match Index::open(&path) {
+                Ok(_) if marker.exists() => Err(index::IndexError::damaged("a query failed in an earlier run")),
+                other => other,
+            };
+            match opened {
+                Ok(i) => i,
+                Err(e) if e.is_damaged() => {
+                    let aside = dir.join(format!("index.sqlite.damaged-{}", now_ms()));
+                    fs::rename(&path, &aside).map_err(io("moving the damaged index aside"))?;
+                    for ext in ["-wal", "-shm"] {
+                        let _ = fs::remove_file(dir.join(format!("index.sqlite{ext}")));
+                    }
+                    warnings.push(format!(
+                        "the store index {} was damaged ({e}); it was moved to {} and a new one started: steps run again and are stored anew",
+                        path.display(),
+                        aside.display()
+                    ));
+                    let fresh = Index::open(&path)?;
+                    let _ = fs::remove_file(&marker);
+                    fresh
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(Store { dir: dir.to_path_buf(), index: Mutex::new(index), read_only: !writable, warnings })
+    }
+
+    /// Repairs and degradations made when opening (see [`Store::open`]).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Remove what killed restores left in a worktree's `.cairn-tmp/` (call with the
+    /// workspace lock held, so no running restore is touched).
+    pub fn clean_worktree_leftovers(root: &Path) -> usize {
+        let work = root.join(".cairn-tmp");
+        let mut n = 0;
+        for e in fs::read_dir(&work).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if (name.starts_with("restore-") || name.starts_with("old-")) && archive::remove_any(&e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn dir(&self) -> &Path {
@@ -148,6 +262,18 @@ impl Store {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Pass an index result on, leaving a marker when it shows the database is damaged: the
+    /// next [`Store::open`] then moves it aside and starts afresh instead of every later
+    /// build failing its lookups.
+    fn noting<T>(&self, r: Result<T, IndexError>) -> Result<T, IndexError> {
+        if let Err(e) = &r {
+            if e.is_damaged() {
+                let _ = fs::write(self.dir.join("index.damaged"), e.to_string());
+            }
+        }
+        r
+    }
+
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let shard = digest.get(..2).unwrap_or("00");
         self.dir.join("blobs").join(shard).join(format!("{digest}.tar.zst"))
@@ -158,9 +284,9 @@ impl Store {
     pub fn lookup(&self, step: &str, key: &str, manifest: &KeyManifest) -> Result<Lookup, StoreError> {
         let (row, evicted) = {
             let idx = self.index();
-            match idx.lookup(key)? {
+            match self.noting(idx.lookup(key))? {
                 Some(row) => (Some(row), None),
-                None => (None, idx.eviction(key)?),
+                None => (None, self.noting(idx.eviction(key))?),
             }
         };
         match row {
@@ -240,6 +366,16 @@ impl Store {
             return false;
         }
         match fingerprint() {
+            // Cairn installed these outputs and something touched them since: if only their
+            // times moved (a tool rewrote identical bytes), reading them is cheaper than
+            // restoring them, and says whether anything really changed.
+            Some((now_fp, _)) if now_fp != fp => {
+                let same = archive::outputs_digest(root, outputs).is_some_and(|d| d == outputs_digest);
+                if same {
+                    let _ = self.record_installed(root, step, outputs, outputs_digest);
+                }
+                same
+            }
             Some((now_fp, settles)) if now_fp == fp => {
                 if settles <= recorded {
                     return true;
@@ -254,6 +390,11 @@ impl Store {
             }
             _ => false,
         }
+    }
+
+    /// The outputs digest cairn last installed (ran, or restored) for `step` in `root`.
+    pub fn installed_digest(&self, root: &Path, step: &str) -> Option<String> {
+        self.index().installed(&root.display().to_string(), step).ok().flatten().map(|(d, _, _)| d)
     }
 
     /// Replay an entry's logs without restoring its outputs.
@@ -273,25 +414,53 @@ impl Store {
     ///
     /// On a missing or corrupt blob the entry is dropped and the error says so; the caller
     /// treats it as a miss.
-    pub fn restore(&self, entry: &Entry, root: &Path, outputs: &[String]) -> Result<Restored, StoreError> {
+    ///
+    /// `protected` names the worktree paths no restored link may lead to (see
+    /// [`archive::LinkRules`]); the store's own directory is never a link's target either.
+    pub fn restore(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        outputs: &[String],
+        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        explain: bool,
+    ) -> Result<Restored, StoreError> {
         let blob = self.blob_path(&entry.blob);
         let work = root.join(".cairn-tmp");
         let staging = work.join(format!("restore-{}", archive::unique()));
         let t = std::time::Instant::now();
-        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default()).and_then(|u| {
-            crate::exec::timing("restore: unpack", t);
+        let store_rel = self
+            .dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.strip_prefix(root.canonicalize().ok()?).ok().map(|r| r.to_string_lossy().to_string()))
+            .filter(|r| !r.is_empty());
+        let guard = |rel: &str| -> Option<String> {
+            if let Some(s) = &store_rel {
+                if Path::new(rel).starts_with(s) {
+                    return Some("which is inside cairn's store".to_string());
+                }
+            }
+            protected(rel)
+        };
+        let rules = archive::LinkRules { root, outputs, protected: &guard };
+        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default(), &rules).and_then(|u| {
+            crate::inputs::timing("restore: unpack", t);
+            let changed = if explain { archive::first_difference(&staging, root, outputs) } else { None };
             let t = std::time::Instant::now();
-            let r = archive::install(&staging, root, outputs, &work).map(|()| u);
-            crate::exec::timing("restore: install", t);
+            let r = archive::install(&staging, root, outputs, &work).map(|()| (u, changed));
+            crate::inputs::timing("restore: install", t);
             r
         });
         let _ = archive::remove_any(&staging);
         let _ = fs::remove_dir(&work);
         match result {
-            Ok(unpacked) => {
-                self.index().touch(&entry.key, now_ms())?;
+            Ok((unpacked, changed)) => {
+                if !self.read_only {
+                    self.index().touch(&entry.key, now_ms())?;
+                }
                 let bytes = unpacked.bytes;
-                Ok(Restored { unpacked, bytes })
+                Ok(Restored { unpacked, bytes, changed })
             }
             Err(e) => {
                 if e.is_bad_blob() {
@@ -470,8 +639,8 @@ impl Store {
                 .entry(e.blob.clone())
                 .or_insert_with(|| {
                     let path = self.blob_path(&e.blob);
-                    match fs::File::open(&path) {
-                        Err(err) => Some(format!("blob missing: {err}")),
+                    match archive::open_blob(&path) {
+                        Err(err) => Some(format!("blob missing or not a file: {err}")),
                         Ok(f) => {
                             let mut h = blake3::Hasher::new();
                             match h.update_reader(f) {
@@ -514,6 +683,14 @@ pub struct VerifyReport {
 impl Pending {
     /// Publish a packed archive as this key's entry. Only call after the step succeeded.
     pub fn commit(self, store: &Store, packed: Packed, duration_ms: u64) -> Result<Entry, StoreError> {
+        if store.read_only {
+            let _ = fs::remove_file(&packed.tmp_path);
+            return Err(StoreError::Io {
+                dir: store.dir.clone(),
+                context: "storing".into(),
+                source: std::io::Error::new(std::io::ErrorKind::ReadOnlyFilesystem, "the store is read-only"),
+            });
+        }
         let io = |context: String| {
             let dir = store.dir.clone();
             move |source| StoreError::Io { dir, context, source }
@@ -542,7 +719,7 @@ impl Pending {
             pinned: false,
             log_bytes: packed.log_bytes as i64,
         };
-        store.index().insert(&row)?;
+        store.noting(store.index().insert(&row))?;
         Ok(row.into())
     }
 }

@@ -14,6 +14,20 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let g = Graph::build(&p)?;
     exec::timing("load pipeline and graph", t_all);
     let root = project_root(&args.pipeline.pipeline);
+    process::install_signal_handlers();
+    // One build per workspace: a second one waits here (or fails with --no-wait).
+    let _lock = exec::workspace::WorkspaceLock::acquire(&root, !args.no_wait, |who| {
+        eprintln!("cairn: waiting for another build of this workspace to finish ({who})");
+    })
+    .map_err(|e| match e {
+        exec::workspace::LockError::Interrupted => Error::Interrupted,
+        e @ exec::workspace::LockError::Busy { .. } => Error::GateClosed(format!("error: {e}")),
+        e => Error::Io(format!("error: {e}")),
+    })?;
+    let cleaned = crate::cache::Store::clean_worktree_leftovers(&root);
+    if cleaned > 0 {
+        eprintln!("cairn: removed {cleaned} leftover(s) of an interrupted restore from .cairn-tmp/");
+    }
     let (store, cache_dir) = open_store(&args.store, &root)?;
     exec::timing("open store", t_all);
     let targets: Vec<String> =
@@ -25,7 +39,6 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
         }
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    process::install_signal_handlers();
     let started_at = crate::cache::now_ms();
     let prefetch = exec::Prefetch::new(&g, &selected);
     // The outputs are fingerprinted on their own thread while the inputs are scanned.
@@ -52,8 +65,13 @@ fn build_with(
     prefetch: &exec::Prefetch,
     t_all: std::time::Instant,
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
-    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))
-        .map_err(|e| Error::Usage(format!("error: {e}")))?;
+    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2)).map_err(|e| match e {
+        exec::ExecError::Inputs(_) | exec::ExecError::Store(_) => Error::Io(format!("error: {e}")),
+        e => Error::Usage(format!("error: {e}")),
+    })?;
+    for w in &prepared.warnings {
+        eprintln!("warning: {w}");
+    }
     let mut console = process::Console::new(args.quiet);
     console.all_to_stderr = args.summary == SummaryFormat::Json;
     let remote = remote_client(&args.remote, p)?;
@@ -70,6 +88,7 @@ fn build_with(
         zstd_level: 3,
         remote: remote.clone(),
         prefetch: Some(prefetch),
+        started: t_all,
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();
@@ -107,8 +126,11 @@ struct Finish<'a> {
 
 /// Record the run, print and write its summary, and turn its outcome into an exit status.
 fn finish(f: Finish) -> Result<(), Error> {
-    let Finish { args, g, store, started_at, t_all, outcome, prepared, remote_trouble } = f;
+    let Finish { args, g, store, started_at, t_all, mut outcome, prepared, remote_trouble } = f;
     exec::print_phases();
+    // The wall time is the whole run's: loading, toolchain probes, hashing, the dispatch,
+    // uploads (not only the dispatch).
+    outcome.wall_ms = t_all.elapsed().as_millis() as u64;
     let t = std::time::Instant::now();
     let id = format!("{started_at}-{}", std::process::id());
     let summary = report::summarize(&id, &args.pipeline.pipeline.display().to_string(), started_at, &outcome, g);
@@ -154,6 +176,11 @@ fn finish(f: Finish) -> Result<(), Error> {
         return Err(Error::Io(
             "error: the remote cache failed and --remote-required is set\n  hint: see the warnings above; drop --remote-required to build with the local store alone".into(),
         ));
+    }
+    // A step that had to run without a secret it needs: the usage error it always was (a
+    // fully cached run needs no secrets at all).
+    if let Some(e) = outcome.steps.iter().find_map(|s| s.missing_secret.as_ref()) {
+        return Err(Error::Usage(format!("error: {e}")));
     }
     let failed = outcome.failed();
     if !failed.is_empty() {

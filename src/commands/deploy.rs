@@ -684,6 +684,7 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
         summary: crate::cli::SummaryFormat::Table,
         summary_file: None,
         remote: a.remote.clone(),
+        no_wait: false,
     };
     super::build::run(&build)?;
     let console = Console::new(false);

@@ -70,6 +70,9 @@ pub fn open_store(arg: &crate::cli::StoreArg, root: &Path) -> Result<(crate::cac
             dir.display()
         ))
     })?;
+    for w in store.warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok((store, dir))
 }
 

@@ -15,6 +15,7 @@
 pub mod process;
 pub mod secrets;
 pub mod services;
+pub mod workspace;
 
 use crate::cache::{archive, Lookup, Store};
 use crate::inputs::{self, StepInputs, WalkOptions};
@@ -77,6 +78,13 @@ pub struct Prepared {
     pub inputs: BTreeMap<usize, StepInputs>,
     pub masker: Masker,
     pub secret_values: BTreeMap<String, String>,
+    /// Secrets that could not be resolved: only a step that runs needs its secrets, so a
+    /// fully cached run succeeds without them (a fork's pull request has no tokens).
+    pub secret_errors: BTreeMap<String, String>,
+    /// Which step reads each input file (for checking where restored links lead).
+    pub input_owners: std::sync::OnceLock<BTreeMap<String, usize>>,
+    /// Warnings from preparing (a store that could not keep its stat cache, ...).
+    pub warnings: Vec<String>,
     pub scan: inputs::ScanStats,
     pub walk: WalkOptions,
 }
@@ -108,12 +116,7 @@ pub fn walk_options(p: &Pipeline, root: &Path, cache_dir: &Path, threads: usize)
     }
 }
 
-/// Phase timings on stderr when `CAIRN_TIMINGS` is set (for performance work).
-pub fn timing(label: &str, since: Instant) {
-    if std::env::var_os("CAIRN_TIMINGS").is_some() {
-        eprintln!("cairn timing: {label:<24} {:>8.1} ms", since.elapsed().as_secs_f64() * 1000.0);
-    }
-}
+pub use crate::inputs::timing;
 
 /// Accumulated per-phase time inside workers (nanoseconds), printed with `CAIRN_TIMINGS`.
 pub static PHASE_NS: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
@@ -208,13 +211,23 @@ pub fn prepare(
         toolchains.insert(name, r?);
     }
 
-    // Secrets of the selected steps.
+    // Secrets of the selected steps. One that can't be resolved fails only a step that has
+    // to run with it.
     let mut secret_values = BTreeMap::new();
+    let mut secret_errors = BTreeMap::new();
+    let mut warnings = Vec::new();
     for &i in selected {
         for s in &g.nodes[i].step.secrets {
-            if !secret_values.contains_key(s) {
+            if !secret_values.contains_key(s) && !secret_errors.contains_key(s) {
                 let source = p.secrets.get(s).expect("validated");
-                secret_values.insert(s.clone(), secrets::resolve(s, source, root)?);
+                match secrets::resolve(s, source, root) {
+                    Ok(v) => {
+                        secret_values.insert(s.clone(), v);
+                    }
+                    Err(e) => {
+                        secret_errors.insert(s.clone(), e.to_string());
+                    }
+                }
             }
         }
     }
@@ -258,13 +271,20 @@ pub fn prepare(
         None => {
             let root_key = root.display().to_string();
             let t = Instant::now();
-            let cache = store.load_stat_cache(&root_key)?;
+            let cache = store.load_stat_cache(&root_key).unwrap_or_else(|e| {
+                warnings.push(format!("could not read the stat cache (every input is hashed): {e}"));
+                Default::default()
+            });
             timing("load stat cache", t);
             let t = Instant::now();
             let snap = inputs::scan(&walk, &step_in, &cache)?;
             timing("walk and hash inputs", t);
             let t = Instant::now();
-            store.save_stat_cache(&root_key, cache, &snap.updates)?;
+            if !store.is_read_only() {
+                if let Err(e) = store.save_stat_cache(&root_key, cache, &snap.updates) {
+                    warnings.push(format!("could not save the stat cache (the next run hashes again): {e}"));
+                }
+            }
             timing("save stat cache", t);
             snap
         }
@@ -278,10 +298,10 @@ pub fn prepare(
             eprintln!("cairn timing: hashed {p}");
         }
     }
-    if let Some(j) = snap.journal.take() {
+    if let Some(j) = snap.journal.take().filter(|_| !store.is_read_only()) {
         let t = Instant::now();
         if let Err(e) = store.save_journal(&sig, &j) {
-            eprintln!("cairn: warning: could not save the scan journal (the next run walks the tree): {e}");
+            warnings.push(format!("could not save the scan journal (the next run walks the tree): {e}"));
         }
         timing("save scan journal", t);
     }
@@ -327,7 +347,17 @@ pub fn prepare(
         inputs_by_node.insert(i, step_in[k].clone());
     }
     timing("assemble manifests", t);
-    Ok(Prepared { manifests, inputs: inputs_by_node, masker, secret_values, scan: snap.stats, walk })
+    Ok(Prepared {
+        manifests,
+        inputs: inputs_by_node,
+        masker,
+        secret_values,
+        secret_errors,
+        input_owners: std::sync::OnceLock::new(),
+        warnings,
+        scan: snap.stats,
+        walk,
+    })
 }
 
 /// How a step ended.
@@ -378,6 +408,9 @@ pub struct StepReport {
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub contribution: Option<Upstream>,
+    /// The step could not run because one of its secrets is missing (the whole message).
+    #[serde(skip)]
+    pub missing_secret: Option<String>,
 }
 
 /// The options of one build.
@@ -396,6 +429,8 @@ pub struct Build<'a> {
     pub remote: Option<std::sync::Arc<crate::cache::remote::Remote>>,
     /// Output fingerprints taken ahead of the dispatch (see [`Prefetch`]).
     pub prefetch: Option<&'a Prefetch>,
+    /// When the run started (before loading and probing): steps' times count from here.
+    pub started: Instant,
 }
 
 /// Output fingerprints taken ahead, on a thread of their own while the inputs are scanned: on
@@ -585,7 +620,7 @@ impl Build<'_> {
     }
 
     pub fn run(&self, prepared: &Prepared) -> BuildOutcome {
-        let t0 = Instant::now();
+        let t0 = self.started;
         let g = self.graph;
         let selected: BTreeSet<usize> = self.selected.iter().copied().collect();
         let mut done: BTreeMap<usize, StepReport> = BTreeMap::new();
@@ -744,6 +779,7 @@ fn blank_report(name: &str, status: Status, detail: String, t0: Instant) -> Step
         worker: 0,
         warnings: vec![],
         contribution: None,
+        missing_secret: None,
     }
 }
 
@@ -777,6 +813,7 @@ impl Job<'_> {
             worker: self.worker,
             warnings: vec![],
             contribution: None,
+            missing_secret: None,
         };
         let has_outputs = !node.step.outputs.is_empty();
         let prefix = format!("[{}]", node.name);
@@ -826,7 +863,14 @@ impl Job<'_> {
             }
         }
 
-        // Run it.
+        // Run it: only now are its secrets needed.
+        if let Some(e) = node.step.secrets.iter().find_map(|s| self.prepared.secret_errors.get(s)) {
+            report.status = Status::Failed;
+            report.detail = Some(e.lines().next().unwrap_or("a secret is missing").to_string());
+            report.missing_secret = Some(e.clone());
+            report.end_ms = self.t0.elapsed().as_millis() as u64;
+            return report;
+        }
         let mut env = process::base_env(node.step.pass_env.iter().map(String::as_str));
         env.extend(node.env.clone());
         for s in &node.step.secrets {
@@ -900,6 +944,16 @@ impl Job<'_> {
         let Some(pending) = pending else {
             return report;
         };
+        if b.store.is_read_only() {
+            return report; // said once when the store was opened
+        }
+        if has_outputs && !node.step.secrets.is_empty() {
+            if let Some(refused) = self.secret_in_outputs(&mut report) {
+                if refused {
+                    return report;
+                }
+            }
+        }
         // Inputs must not have changed while the step ran.
         let t = Instant::now();
         let inputs = &self.prepared.inputs[&self.node];
@@ -987,6 +1041,69 @@ impl Job<'_> {
 }
 
 impl Job<'_> {
+    /// Why a restored link may not lead to `rel` (relative to the root): no link may end on
+    /// a file some step reads, nor on a directory holding another step's inputs (a later
+    /// run writing through it would change sources). A directory of this step's own inputs
+    /// may be linked to: mix links `_build/*/lib/APP/priv` to the project's `priv/`.
+    fn protected(&self, rel: &str) -> Option<String> {
+        let g = self.build.graph;
+        let owners = self.prepared.input_owners.get_or_init(|| {
+            let mut m = BTreeMap::new();
+            for (&node, manifest) in &self.prepared.manifests {
+                for path in manifest.inputs.keys() {
+                    m.entry(path.clone()).or_insert(node);
+                }
+            }
+            m
+        });
+        if let Some(&owner) = owners.get(rel) {
+            return Some(format!("an input of step `{}`", g.nodes[owner].name));
+        }
+        let dir = format!("{}/", rel.trim_end_matches('/'));
+        let inside = |node: usize| {
+            self.prepared
+                .manifests
+                .get(&node)
+                .is_some_and(|m| m.inputs.range(dir.clone()..).next().is_some_and(|(p, _)| p.starts_with(&dir)))
+        };
+        self.prepared
+            .manifests
+            .keys()
+            .copied()
+            .filter(|&n| n != self.node)
+            .find(|&n| inside(n))
+            .map(|n| format!("a directory holding inputs of step `{}`", g.nodes[n].name))
+    }
+
+    /// Did the step write one of its secrets into an output? Warns naming the step, the
+    /// output and the secret; `Some(true)` when the result must not be stored.
+    fn secret_in_outputs(&self, report: &mut StepReport) -> Option<bool> {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let maskers: Vec<(&String, Masker)> = node
+            .step
+            .secrets
+            .iter()
+            .filter_map(|s| self.prepared.secret_values.get(s).map(|v| (s, Masker::new([v.as_str()]))))
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        if maskers.is_empty() {
+            return None;
+        }
+        let (file, secret) = archive::find_in_outputs(&b.root, &node.step.outputs, |bytes| {
+            maskers.iter().find(|(_, m)| m.found_in(bytes)).map(|(name, _)| name.to_string())
+        })?;
+        let store = node.step.store_outputs_with_secret.or(b.pipeline.cache.store_outputs_with_secret).unwrap_or(false);
+        let w = if store {
+            format!("step `{}` wrote secret `{secret}` into its output `{file}`; it is stored as it is (`store_outputs_with_secret: true`): anyone who can read the cache can read it", node.name)
+        } else {
+            format!("step `{}` wrote secret `{secret}` into its output `{file}`; the result is not stored (cairn never puts a secret in the cache; set `store_outputs_with_secret: true` on the step to store it anyway)", node.name)
+        };
+        b.console.note(&format!("warning: {w}"));
+        report.warnings.push(w);
+        Some(!store)
+    }
+
     /// Put a stored entry's outputs in place (or find them there) and replay its logs.
     fn restore_hit(
         &self,
@@ -1019,14 +1136,26 @@ impl Job<'_> {
             b.store.read_logs(entry).map(|(stdout, stderr)| crate::cache::Restored {
                 unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
                 bytes: 0,
+                changed: None,
             })
         } else {
-            b.store.restore(entry, &b.root, &node.step.outputs).inspect(|_| {
-                if has_outputs {
-                    let settles =
-                        b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
-                    self.unsettled(settles, &entry.outputs_digest);
+            // Outputs cairn itself installed with these very bytes were edited: say which file.
+            let explain = b.store.installed_digest(&b.root, &node.name).is_some_and(|d| d == entry.outputs_digest);
+            let protected = |rel: &str| self.protected(rel);
+            b.store.restore(entry, &b.root, &node.step.outputs, &protected, explain).inspect(|r| {
+                if let Some(what) = &r.changed {
+                    let outs: Vec<String> = node.step.outputs.iter().map(|o| archive::normalize_output(o)).collect();
+                    let out = outs
+                        .iter()
+                        .find(|o| Path::new(what.split(' ').next().unwrap_or("")).starts_with(o.as_str()))
+                        .map(|o| format!("{o}/"))
+                        .unwrap_or_else(|| outs.join(", "));
+                    let msg = format!("restored {out}: {what} since cairn wrote it");
+                    b.console.note(&format!("{prefix} {msg}"));
+                    report.warnings.push(msg);
                 }
+                let settles = b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                self.unsettled(settles, &entry.outputs_digest);
             })
         };
         phase(3, t);

@@ -100,6 +100,20 @@ impl Masker {
             let mut forms = vec![v.to_string(), base64(v.as_bytes()), url_encode(v), json_escaped];
             // base64 without padding, as many tools print it
             forms.push(base64(v.as_bytes()).trim_end_matches('=').to_string());
+            // hex, as `xxd -p` or `od` print it, in both cases
+            let hex: String = v.bytes().map(|b| format!("{b:02x}")).collect();
+            forms.push(hex.to_uppercase());
+            forms.push(hex);
+            // `echo "$S" | base64` encodes the newline too, and wraps its output at 76 columns
+            // (`openssl base64` at 64): each wrapped line is masked on its own.
+            for encoded in [base64(v.as_bytes()), base64(format!("{v}\n").as_bytes())] {
+                for width in [76, 64] {
+                    if encoded.len() > width {
+                        forms.extend(encoded.as_bytes().chunks(width).map(|c| String::from_utf8_lossy(c).into_owned()));
+                    }
+                }
+                forms.push(encoded);
+            }
             for line in v.lines() {
                 forms.push(line.trim_end_matches('\r').to_string());
                 forms.push(base64(line.as_bytes()));
@@ -117,6 +131,11 @@ impl Masker {
 
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
+    }
+
+    /// Does `bytes` hold any form of a secret? (Scanning outputs before they are stored.)
+    pub fn found_in(&self, bytes: &[u8]) -> bool {
+        self.patterns.iter().any(|p| memchr::memmem::find(bytes, p.as_bytes()).is_some())
     }
 
     pub fn mask(&self, text: &str) -> String {
@@ -169,5 +188,14 @@ mod tests {
         assert_eq!(m.mask("got line-two here"), "got *** here");
         assert_eq!(m.mask("ab stays"), "ab stays", "short fragments are not masked alone");
         assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(m.mask("hex 73336372337400"), "hex 73336372337400", "not a whole secret");
+        assert_eq!(m.mask(&"s3cr3t-value/x".bytes().map(|b| format!("{b:02x}")).collect::<String>()), "***");
+        assert_eq!(m.mask(&base64(b"s3cr3t-value/x\n")), "***", "echo | base64");
+        let long = "k".repeat(120);
+        let m = Masker::new([long.as_str()]);
+        for line in base64(long.as_bytes()).as_bytes().chunks(76) {
+            assert_eq!(m.mask(std::str::from_utf8(line).unwrap()), "***", "wrapped base64 lines");
+        }
+        assert!(m.found_in(format!("x{long}y").as_bytes()) && !m.found_in(b"nothing"));
     }
 }

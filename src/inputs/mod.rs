@@ -30,6 +30,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Phase timings on stderr when `CAIRN_TIMINGS` is set (for performance work).
+pub fn timing(label: &str, since: std::time::Instant) {
+    if std::env::var_os("CAIRN_TIMINGS").is_some() {
+        eprintln!("cairn timing: {label:<24} {:>8.1} ms", since.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
 /// How long a timestamp stays "open": a change made that long after a file's last
 /// modification may still be stamped with the same mtime, so a stat taken within it cannot
 /// vouch for the content (git's "racy clean" problem).

@@ -211,6 +211,11 @@ pub struct CacheSettings {
     /// Size cap of the local store, e.g. "10GiB"; least recently used entries go first.
     #[serde(default)]
     pub max_size: Option<String>,
+    /// Store a step's result even when one of its outputs holds a secret's value (in any
+    /// form cairn masks). Default `false`: such a result is not stored, with a warning naming
+    /// the step, the output and the secret. A step's own setting wins.
+    #[serde(default)]
+    pub store_outputs_with_secret: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -279,6 +284,10 @@ pub struct Step {
     pub cache: bool,
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// Store this step's result even when an output holds a secret's value (see the
+    /// pipeline's `cache: (store_outputs_with_secret: ...)`).
+    #[serde(default)]
+    pub store_outputs_with_secret: Option<bool>,
     /// Expand into one step per combination: `{ "otp": ["26", "27"] }`; values are usable as
     /// `{matrix.otp}` and reach the step as `MATRIX_OTP`.
     #[serde(default)]

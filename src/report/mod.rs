@@ -9,6 +9,9 @@ use std::fmt::Write;
 
 pub mod history;
 pub mod render;
+pub mod time;
+
+pub use time::{rfc3339, rfc3339_local};
 
 /// Bump when the summary's JSON shape changes incompatibly.
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;

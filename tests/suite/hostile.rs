@@ -110,6 +110,29 @@ fn variants() -> Vec<(&'static str, Vec<Vec<u8>>, &'static str)> {
         // The tar reader itself refuses a malformed sparse header before it has a name.
         ("gnu-sparse", vec![dir(b"out/"), raw(b"out/sparse", EntryType::GNUSparse, b"", b"")], "archive entry"),
         ("non-utf8-name", vec![dir(b"out/"), file(b"out/\xff\xfe")], "not UTF-8"),
+        // Links are resolved through each other, as the kernel will once they are in place:
+        // `x` is `out` itself, so `x/../..` leaves the workspace though it looks inside.
+        (
+            "symlink-chain-escapes",
+            vec![dir(b"out/"), link(b"out/x", b"."), link(b"out/a.txt", b"x/../../elsewhere/f")],
+            "out/a.txt",
+        ),
+        // The order of entries cannot hide a chain: the link that makes it comes last.
+        (
+            "symlink-chain-defined-later",
+            vec![dir(b"out/"), link(b"out/a", b"z/../../../f"), link(b"out/z", b"sub"), link(b"out/sub", b".")],
+            "out/a",
+        ),
+        // Inside the workspace, but onto a source file: the step's next run would overwrite it.
+        ("symlink-onto-an-input", vec![dir(b"out/"), link(b"out/a.txt", b"../src/x.txt")], "out/a.txt"),
+        ("symlink-onto-inputs-dir", vec![dir(b"out/"), link(b"out/s", b"../src")], "out/s"),
+        ("symlink-to-the-root", vec![dir(b"out/"), link(b"out/r", b"..")], "out/r"),
+        ("symlink-into-git", vec![dir(b"out/"), link(b"out/g", b"../.git/config")], "out/g"),
+        ("symlink-into-the-store", vec![dir(b"out/"), link(b"out/c", b"../cache/index.sqlite")], "out/c"),
+        // Through a link already in the worktree (outside the outputs) that leaves it.
+        ("symlink-through-worktree-link", vec![dir(b"out/"), link(b"out/l", b"../escape/sentinel")], "out/l"),
+        ("directory-over-a-file", vec![dir(b"out/"), file(b"out/a"), dir(b"out/a/")], "out/a"),
+        ("symlink-over-a-directory", vec![dir(b"out/"), dir(b"out/d/"), link(b"out/d", b".")], "out/d"),
     ]
 }
 
@@ -124,6 +147,11 @@ fn every_hostile_archive_is_refused_and_nothing_outside_changes() {
         std::fs::write(root.join("out/keep.txt"), "existing output\n").unwrap();
         std::fs::create_dir_all(t.path().join("outside")).unwrap();
         std::fs::write(t.path().join("outside/sentinel"), "untouched\n").unwrap();
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(root.join("src/x.txt"), "source\n").unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/config"), "[core]\n").unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("escape")).unwrap();
         let store = Store::open(&root.join("cache")).unwrap();
 
         let bytes = archive_of(entries);
@@ -143,7 +171,13 @@ fn every_hostile_archive_is_refused_and_nothing_outside_changes() {
         let entry = store.pending_forced(name, manifest(name)).commit(&store, packed, 5).unwrap();
 
         let before = snapshot(t.path());
-        let err = store.restore(&entry, &root, &["out/".to_string()]).expect_err(name).to_string();
+        // `src/x.txt` is some step's input, as the executor would say.
+        let protected = |rel: &str| match rel {
+            "src/x.txt" => Some("an input of step `compile`".to_string()),
+            "src" => Some("a directory holding inputs of step `compile`".to_string()),
+            _ => None,
+        };
+        let err = store.restore(&entry, &root, &["out/".to_string()], &protected, false).expect_err(name).to_string();
         assert!(err.contains(needle), "{name}: the error must name the entry ({needle}): {err}");
         assert_eq!(snapshot(t.path()), before, "{name}: nothing outside the store changed");
         assert!(!Path::new("/tmp/cairn-hostile-abs.txt").exists(), "{name}");
@@ -160,6 +194,8 @@ fn an_archive_bomb_is_stopped_by_the_byte_budget() {
     std::fs::write(&blob, &bytes).unwrap();
     let digest = blake3::hash(&bytes).to_hex().to_string();
     let limits = Limits { max_bytes: 1 << 20, ..Limits::default() };
-    let err = archive::unpack(&blob, &digest, &t.path().join("staging"), limits).unwrap_err().to_string();
+    let outs = ["out/".to_string()];
+    let rules = archive::LinkRules::within(t.path(), &outs);
+    let err = archive::unpack(&blob, &digest, &t.path().join("staging"), limits, &rules).unwrap_err().to_string();
     assert!(err.contains("out/zeros") && err.contains("byte budget"), "{err}");
 }

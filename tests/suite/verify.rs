@@ -182,8 +182,8 @@ fn missing_secret_wrong_toolchain_and_missing_lock_file_are_one_line_errors() {
         .file("mix.exs", "defmodule X do end\n");
     let r = p.run(&["build", "-p", "pipelines/test.ron", "needs-secret"]).code(2);
     assert!(
-        r.stderr.starts_with(
-            "error: secret `GITHUB_TOKEN` is missing: environment variable `CAIRN_TEST_NO_SUCH_VAR` is not set"
+        r.stderr.contains(
+            "\nerror: secret `GITHUB_TOKEN` is missing: environment variable `CAIRN_TEST_NO_SUCH_VAR` is not set"
         ),
         "{}",
         r.stderr
@@ -199,6 +199,24 @@ fn missing_secret_wrong_toolchain_and_missing_lock_file_are_one_line_errors() {
         "{}",
         r.stderr
     );
+}
+
+/// A fork's pull request has no tokens: a run whose steps are all stored needs no secret.
+#[test]
+fn a_fully_cached_run_needs_no_secrets() {
+    let p = Project::new().pipeline(
+        r#"Pipeline(name: "s", secrets: {"GITHUB_TOKEN": Env("CAIRN_TEST_TOKEN")},
+           steps: {"publish": (run: "test -n \"$GITHUB_TOKEN\" && echo built > out.txt", secrets: ["GITHUB_TOKEN"], outputs: ["out.txt"])})"#,
+    );
+    p.run_with(&["build", "-p", "pipelines/test.ron"], &[("CAIRN_TEST_TOKEN", "tok-123456")]).ok();
+    std::fs::remove_file(p.path().join("out.txt")).unwrap();
+    let r = p.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    assert!(r.stderr.contains("hit-local"), "{}", r.stderr);
+    assert_eq!(p.read("out.txt"), "built\n", "restored without the token");
+    // Changed, so it must run: now the missing token is the usage error it always was.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo built", "echo rebuilt"));
+    let r = p.run(&["build", "-p", "pipelines/test.ron"]).code(2);
+    assert!(r.stderr.contains("secret `GITHUB_TOKEN` is missing"), "{}", r.stderr);
 }
 
 #[test]
