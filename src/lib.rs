@@ -20,6 +20,35 @@
 //! `model` and `plan` never import `std::fs`, `std::process`, the network or the store: what
 //! they need from the world is passed in as values.
 
+// `println!` and friends that never panic. The standard ones panic when stdout or stderr is a
+// closed pipe (`cairn graph | head -c 100`) or a full disk; these drop the output instead and
+// the command ends with the exit code of its work. Defined before the modules, so they shadow
+// the standard macros in every one of them.
+macro_rules! println {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! print {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+macro_rules! eprintln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+macro_rules! eprint {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub mod cache;
 pub mod cli;
 pub mod commands;
@@ -41,7 +70,7 @@ pub fn run() -> u8 {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            let _ = e.print(); // clap's own printing ignores a closed pipe
             return if e.use_stderr() { exit::USAGE } else { exit::OK };
         }
     };

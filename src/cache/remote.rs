@@ -18,6 +18,7 @@
 use crate::keys::{message, Secret, Trusted};
 use crate::plan::key::KeyManifest;
 use serde::{Deserialize, Serialize};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -29,6 +30,112 @@ pub const OUTPUTS_TAG: &str = "cairn-outputs:";
 
 /// Time allowed for moving one archive (the short client timeout applies to everything else).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How a download is kept honest. A remote that stalls, trickles or lies about sizes costs
+/// about a second, then a miss with reason `remote-error`, and the step runs.
+#[derive(Debug, Clone, Copy)]
+pub struct TransferLimits {
+    /// No byte for this long: the transfer is given up (and the remote with it).
+    pub idle: Duration,
+    /// Fewer bytes than this per second, measured over each [`RATE_WINDOW`]: given up.
+    pub min_rate: u64,
+    /// No archive larger than this is fetched, whatever its envelope says.
+    pub max_archive: u64,
+    /// No envelope larger than this is read (a manifest of 100,000 inputs is ~15 MB).
+    pub max_envelope: u64,
+}
+
+/// The window over which [`TransferLimits::min_rate`] is measured.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+impl TransferLimits {
+    /// From the environment (`CAIRN_REMOTE_MIN_RATE` bytes per second,
+    /// `CAIRN_REMOTE_MAX_BYTES`), with the idle timeout the client's read timeout.
+    pub fn from_env(idle: Duration) -> TransferLimits {
+        let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        TransferLimits {
+            idle,
+            min_rate: num("CAIRN_REMOTE_MIN_RATE", 64 << 10),
+            max_archive: num("CAIRN_REMOTE_MAX_BYTES", 4 << 30),
+            max_envelope: 64 << 20,
+        }
+    }
+}
+
+/// Copy at most `max` bytes from `reader` to `sink`, giving up when the reader stalls for
+/// `limits.idle`, moves fewer than `limits.min_rate` bytes a second, sends more than `max`,
+/// or the run is interrupted. The reading happens on a thread of its own, so none of these
+/// waits on a blocked `read`; a thread left blocked ends with the request's own timeout.
+pub fn copy_bounded(
+    reader: impl Read + Send + 'static,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    max: u64,
+    limits: &TransferLimits,
+) -> Result<u64, RemoteError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    std::thread::spawn(move || {
+        let mut reader = reader;
+        loop {
+            let mut buf = vec![0u8; 256 << 10];
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let (mut total, mut last_byte) = (0u64, started);
+    let (mut window_start, mut window_bytes) = (started, 0u64);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(chunk)) => {
+                total += chunk.len() as u64;
+                window_bytes += chunk.len() as u64;
+                last_byte = std::time::Instant::now();
+                if total > max {
+                    return Err(RemoteError::Tampered(format!(
+                        "the remote sent more than the {max} bytes it announced (or than CAIRN_REMOTE_MAX_BYTES allows)"
+                    )));
+                }
+                sink(&chunk).map_err(|e| RemoteError::Other(format!("saving the download: {e}")))?;
+            }
+            Ok(Err(e)) => return Err(RemoteError::Unavailable(format!("downloading: {e}"))),
+            Err(RecvTimeoutError::Disconnected) => return Ok(total),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if crate::exec::process::interrupted() {
+            return Err(RemoteError::Unavailable("interrupted".into()));
+        }
+        let now = std::time::Instant::now();
+        if now.duration_since(last_byte) >= limits.idle {
+            return Err(RemoteError::Unavailable(format!(
+                "the download stalled: no data for {:.1}s after {total} bytes",
+                limits.idle.as_secs_f64()
+            )));
+        }
+        if now.duration_since(window_start) >= RATE_WINDOW {
+            let rate = window_bytes as f64 / now.duration_since(window_start).as_secs_f64();
+            if (rate as u64) < limits.min_rate {
+                return Err(RemoteError::Unavailable(format!(
+                    "the download is too slow ({rate:.0} bytes/s, under the minimum of {} bytes/s; CAIRN_REMOTE_MIN_RATE)",
+                    limits.min_rate
+                )));
+            }
+            (window_start, window_bytes) = (now, 0);
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
@@ -82,6 +189,7 @@ struct Upload {
 
 pub struct Remote {
     cfg: RemoteConfig,
+    limits: TransferLimits,
     client: reqwest::blocking::Client,
     /// `s3://` remotes are spoken to directly, on a small runtime of their own.
     s3: Option<(super::s3::S3, tokio::runtime::Runtime)>,
@@ -119,7 +227,9 @@ impl Remote {
             None
         };
         let upload_allowed = cfg.upload && (cfg.token.is_some() || s3.is_some());
+        let limits = TransferLimits::from_env(cfg.read_timeout);
         let remote = std::sync::Arc::new(Remote {
+            limits,
             cfg,
             client,
             s3,
@@ -270,23 +380,44 @@ impl Remote {
             return self.fetch_s3(key, tmp_dir);
         }
         let Some(resp) = self.get(&format!("{key}-meta"), false)? else { return Ok(None) };
-        let text = resp.bytes().map_err(|e| RemoteError::Other(format!("reading the envelope: {e}")))?;
+        let text = self.read_bounded(resp, self.limits.max_envelope, "envelope")?;
         let env = self.verify_envelope(key, &text)?;
-        let Some(mut resp) = self.get(key, true)? else {
+        if env.blob_size > self.limits.max_archive {
+            return Err(RemoteError::Tampered(format!(
+                "the archive claims {} bytes, over the limit of {} (CAIRN_REMOTE_MAX_BYTES)",
+                env.blob_size, self.limits.max_archive
+            )));
+        }
+        let Some(resp) = self.get(key, true)? else {
             return Err(RemoteError::Tampered("the envelope exists but the archive does not".into()));
         };
+        if let Some(len) = resp.content_length().filter(|&l| l != env.blob_size) {
+            return Err(RemoteError::Tampered(format!(
+                "the archive is {len} bytes long, but its envelope says {}",
+                env.blob_size
+            )));
+        }
         std::fs::create_dir_all(tmp_dir).map_err(|e| RemoteError::Other(e.to_string()))?;
         let body = tmp_dir.join(format!("remote-{}-{}.tmp", &key[..12.min(key.len())], super::archive::unique()));
         let mut file = std::fs::File::create(&body).map_err(|e| RemoteError::Other(e.to_string()))?;
-        let mut hashing = HashingWriter { inner: &mut file, hasher: blake3::Hasher::new() };
-        if let Err(e) = resp.copy_to(&mut hashing) {
+        let mut hasher = blake3::Hasher::new();
+        let copied = copy_bounded(
+            resp,
+            &mut |chunk| {
+                hasher.update(chunk);
+                std::io::Write::write_all(&mut file, chunk)
+            },
+            env.blob_size,
+            &self.limits,
+        );
+        if let Err(e) = copied {
             let _ = std::fs::remove_file(&body);
-            if e.is_timeout() {
-                self.trip("timed out");
+            if matches!(e, RemoteError::Unavailable(_)) {
+                self.trip(&e.to_string());
             }
-            return Err(RemoteError::Unavailable(format!("downloading: {e}")));
+            return Err(e);
         }
-        let digest = hashing.hasher.finalize().to_hex().to_string();
+        let digest = hasher.finalize().to_hex().to_string();
         if digest != env.blob_digest {
             let _ = std::fs::remove_file(&body);
             return Err(RemoteError::Tampered("the archive does not match its digest".into()));
@@ -294,12 +425,38 @@ impl Remote {
         Ok(Some(Fetched { envelope: env, body }))
     }
 
+    /// A small response body (an envelope, an index answer), read within the transfer limits.
+    fn read_bounded(&self, resp: reqwest::blocking::Response, max: u64, what: &str) -> Result<Vec<u8>, RemoteError> {
+        if resp.content_length().is_some_and(|l| l > max) {
+            return Err(RemoteError::Tampered(format!(
+                "the {what} claims {} bytes, over the limit of {max}",
+                resp.content_length().unwrap_or(0)
+            )));
+        }
+        let mut out = Vec::new();
+        copy_bounded(
+            resp,
+            &mut |chunk| {
+                out.extend_from_slice(chunk);
+                Ok(())
+            },
+            max,
+            &self.limits,
+        )
+        .inspect_err(|e| {
+            if matches!(e, RemoteError::Unavailable(_)) {
+                self.trip(&e.to_string());
+            }
+        })?;
+        Ok(out)
+    }
+
     fn s3_get(&self, name: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
         if self.is_down() {
             return Err(RemoteError::Unavailable("skipped after an earlier failure".into()));
         }
         let (s3, rt) = self.s3.as_ref().expect("called for s3 remotes");
-        rt.block_on(s3.get(&self.cfg.namespace, name)).map_err(|e| {
+        rt.block_on(s3.get_bounded(&self.cfg.namespace, name, &self.limits)).map_err(|e| {
             self.trip(&e);
             RemoteError::Unavailable(e)
         })
@@ -341,7 +498,9 @@ impl Remote {
         }
         let id = blake3::hash(step.as_bytes()).to_hex().to_string();
         let Some(resp) = self.get(&format!("steps/{id}"), false)? else { return Ok(None) };
-        let v: serde_json::Value = resp.json().map_err(|e| RemoteError::Other(format!("step index: {e}")))?;
+        let body = self.read_bounded(resp, 1 << 20, "step index")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| RemoteError::Other(format!("step index: {e}")))?;
         Ok(v["key"].as_str().map(String::from))
     }
 
@@ -352,9 +511,7 @@ impl Remote {
             self.s3_get(&format!("{key}-meta"))?.map(|b| b.to_vec())
         } else {
             match self.get(&format!("{key}-meta"), false)? {
-                Some(r) => {
-                    Some(r.bytes().map_err(|e| RemoteError::Other(format!("reading the envelope: {e}")))?.to_vec())
-                }
+                Some(r) => Some(self.read_bounded(r, self.limits.max_envelope, "envelope")?),
                 None => None,
             }
         };
@@ -386,7 +543,8 @@ impl Remote {
         if !resp.status().is_success() {
             return Err(RemoteError::Other(format!("batch query: HTTP {}", resp.status())));
         }
-        let v: serde_json::Value = resp.json().map_err(|e| RemoteError::Other(e.to_string()))?;
+        let body = self.read_bounded(resp, self.limits.max_envelope, "batch answer")?;
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RemoteError::Other(e.to_string()))?;
         Ok(hashes
             .iter()
             .map(|h| {
@@ -526,20 +684,4 @@ pub struct UploadInfo {
     pub log_bytes: u64,
     pub duration_ms: u64,
     pub blob_size: u64,
-}
-
-struct HashingWriter<'a> {
-    inner: &'a mut std::fs::File,
-    hasher: blake3::Hasher,
-}
-
-impl std::io::Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -66,6 +66,62 @@ impl S3 {
         }
     }
 
+    /// An object, read within `limits`: no larger than `max_archive`, no stall longer than
+    /// `idle`, no slower than `min_rate`, and given up on Ctrl-C.
+    pub async fn get_bounded(
+        &self,
+        ns: &str,
+        name: &str,
+        limits: &super::remote::TransferLimits,
+    ) -> Result<Option<bytes::Bytes>, String> {
+        use futures::StreamExt;
+        let r = match tokio::time::timeout(limits.idle * 3, self.store.get(&self.path(ns, name))).await {
+            Err(_) => return Err(format!("no answer within {:.1}s", (limits.idle * 3).as_secs_f64())),
+            Ok(Ok(r)) => r,
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Ok(Err(e)) => return Err(e.to_string()),
+        };
+        if r.meta.size > limits.max_archive {
+            return Err(format!(
+                "{name} is {} bytes, over the limit of {} (CAIRN_REMOTE_MAX_BYTES)",
+                r.meta.size, limits.max_archive
+            ));
+        }
+        let mut stream = r.into_stream();
+        let mut out = bytes::BytesMut::new();
+        let started = std::time::Instant::now();
+        let (mut window_start, mut window_bytes) = (started, 0u64);
+        loop {
+            if crate::exec::process::interrupted() {
+                return Err("interrupted".into());
+            }
+            match tokio::time::timeout(limits.idle, stream.next()).await {
+                Err(_) => return Err(format!("the download stalled: no data for {:.1}s", limits.idle.as_secs_f64())),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(chunk))) => {
+                    window_bytes += chunk.len() as u64;
+                    out.extend_from_slice(&chunk);
+                    if out.len() as u64 > limits.max_archive {
+                        return Err(format!("{name} is larger than the limit of {} bytes", limits.max_archive));
+                    }
+                }
+            }
+            let now = std::time::Instant::now();
+            if now.duration_since(window_start) >= super::remote::RATE_WINDOW {
+                let rate = window_bytes as f64 / now.duration_since(window_start).as_secs_f64();
+                if (rate as u64) < limits.min_rate {
+                    return Err(format!(
+                        "the download is too slow ({rate:.0} bytes/s, under {} bytes/s)",
+                        limits.min_rate
+                    ));
+                }
+                (window_start, window_bytes) = (now, 0);
+            }
+        }
+        Ok(Some(out.freeze()))
+    }
+
     pub async fn exists(&self, ns: &str, name: &str) -> Result<bool, String> {
         match self.store.head(&self.path(ns, name)).await {
             Ok(_) => Ok(true),

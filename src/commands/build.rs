@@ -66,6 +66,7 @@ fn build_with(
     t_all: std::time::Instant,
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
     let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2)).map_err(|e| match e {
+        _ if process::interrupted() => Error::Interrupted,
         exec::ExecError::Inputs(_) | exec::ExecError::Store(_) => Error::Io(format!("error: {e}")),
         e => Error::Usage(format!("error: {e}")),
     })?;

@@ -155,12 +155,7 @@ pub fn prepare(
                 let tc = p.toolchains.get(name).expect("validated");
                 let name = name.to_string();
                 s.spawn(move || {
-                    let result = std::process::Command::new("sh")
-                        .arg("-c")
-                        .arg(&tc.probe)
-                        .current_dir(root)
-                        .stdin(std::process::Stdio::null())
-                        .output();
+                    let result = process::capture(&tc.probe, root, false);
                     let r = match result {
                         Err(e) => Err(ExecError::ProbeFailed {
                             name: name.clone(),

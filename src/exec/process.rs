@@ -3,7 +3,7 @@
 
 use super::secrets::Masker;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,11 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long a command gets to exit after SIGTERM when the run is interrupted, before SIGKILL.
+pub const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+
 /// Set by SIGINT/SIGTERM; every waiting loop checks it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    // A second Ctrl-C means now: skip the orderly stop.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
 }
 
 /// Route SIGINT and SIGTERM to [`INTERRUPTED`]. Children run in their own process groups, so
@@ -131,6 +138,46 @@ impl Console {
     }
 }
 
+/// Run `sh -c command` in `cwd` (inheriting cairn's environment) and capture its output, in
+/// its own process group; Ctrl-C kills the group and returns `Err(Interrupted)`. For short
+/// commands whose output cairn reads (toolchain probes, secret providers).
+pub fn capture(command: &str, cwd: &Path, inherit_stderr: bool) -> std::io::Result<std::process::Output> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).process_group(0);
+    cmd.stderr(if inherit_stderr { Stdio::inherit() } else { Stdio::piped() });
+    let mut child = cmd.spawn()?;
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("piped");
+    let err = child.stderr.take();
+    std::thread::scope(|s| {
+        let o = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let e = s.spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut err) = err {
+                let _ = err.read_to_end(&mut v);
+            }
+            v
+        });
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if interrupted() {
+                kill_group(pid, libc::SIGKILL);
+                let _ = child.wait();
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        kill_group(pid, libc::SIGKILL); // nothing it started may hold the pipes open
+        Ok(std::process::Output { status, stdout: o.join().unwrap_or_default(), stderr: e.join().unwrap_or_default() })
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
@@ -155,24 +202,85 @@ impl Outcome {
 
 const CAPTURE_LIMIT: usize = 64 << 20;
 
-fn pump(reader: impl Read, prefix: &str, to_stderr: bool, console: &Console, masker: &Masker) -> Vec<u8> {
-    let mut r = BufReader::new(reader);
+/// After the command exits, how long its output is still read while it keeps coming: a
+/// process it left behind (a daemon, `sleep 1000 &`) can hold the pipe open for ever, and
+/// the step is over all the same.
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+const DRAIN_MAX: Duration = Duration::from_secs(2);
+
+/// When the command itself ended (milliseconds after `since`), shared with the readers.
+struct Ended {
+    since: Instant,
+    at_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Ended {
+    const NOT_YET: u64 = u64::MAX;
+    fn new() -> Ended {
+        Ended { since: Instant::now(), at_ms: std::sync::atomic::AtomicU64::new(Self::NOT_YET) }
+    }
+    fn mark(&self) {
+        self.at_ms.store(self.since.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Time since the command ended, if it has.
+    fn ago(&self) -> Option<Duration> {
+        let at = self.at_ms.load(Ordering::SeqCst);
+        (at != Self::NOT_YET).then(|| self.since.elapsed().saturating_sub(Duration::from_millis(at)))
+    }
+}
+
+/// Read a command's stream line by line until it closes, or until the command has ended
+/// and the stream has been quiet for [`DRAIN_QUIET`] (at most [`DRAIN_MAX`] after the end).
+fn pump(
+    mut reader: impl Read + std::os::fd::AsRawFd,
+    ended: &Ended,
+    prefix: &str,
+    to_stderr: bool,
+    console: &Console,
+    masker: &Masker,
+) -> Vec<u8> {
     let mut captured = Vec::new();
-    let mut line = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let emit = |line: &[u8], captured: &mut Vec<u8>| {
+        let text = String::from_utf8_lossy(line);
+        let masked = masker.mask(text.trim_end_matches(['\n', '\r']));
+        console.line(prefix, &masked, to_stderr);
+        if captured.len() < CAPTURE_LIMIT {
+            captured.extend_from_slice(masked.as_bytes());
+            captured.push(b'\n');
+        }
+    };
+    let fd = reader.as_raw_fd();
     loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd for a descriptor we own, for the length we pass.
+        let r = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if r == 0 || (r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted) {
+            if ended.ago().is_some_and(|t| t >= DRAIN_QUIET) {
+                break;
+            }
+            continue;
+        }
+        if r < 0 {
+            break;
+        }
+        match reader.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let masked = masker.mask(text.trim_end_matches(['\n', '\r']));
-                console.line(prefix, &masked, to_stderr);
-                if captured.len() < CAPTURE_LIMIT {
-                    captured.extend_from_slice(masked.as_bytes());
-                    captured.push(b'\n');
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(i) = memchr::memchr(b'\n', &pending) {
+                    emit(&pending[..=i], &mut captured);
+                    pending.drain(..=i);
                 }
             }
         }
+        if ended.ago().is_some_and(|t| t >= DRAIN_MAX) {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending, &mut captured);
     }
     captured
 }
@@ -233,9 +341,10 @@ pub fn run_opts(
     let pid = child.id();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
+    let ended = Ended::new();
     let (stdout, stderr, exit) = std::thread::scope(|s| {
-        let o = s.spawn(|| pump(out, prefix, false, console, masker));
-        let e = s.spawn(|| pump(err, prefix, true, console, masker));
+        let o = s.spawn(|| pump(out, &ended, prefix, false, console, masker));
+        let e = s.spawn(|| pump(err, &ended, prefix, true, console, masker));
         let deadline = timeout.map(|t| started + t);
         let exit = loop {
             match child.try_wait() {
@@ -259,7 +368,10 @@ pub fn run_opts(
             };
             if let Some(why) = why {
                 kill_group(pid, libc::SIGTERM);
-                let grace = Instant::now() + Duration::from_secs(3);
+                // Ctrl-C must end the run within a second; a timeout can wait longer for a
+                // command to clean up after itself.
+                let grace =
+                    Instant::now() + if why == Exit::Interrupted { INTERRUPT_GRACE } else { Duration::from_secs(3) };
                 while Instant::now() < grace {
                     if let Ok(Some(_)) = child.try_wait() {
                         break;
@@ -272,8 +384,10 @@ pub fn run_opts(
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        // Make sure nothing of the group survives to hold the pipes open.
+        // Make sure nothing of the group survives to hold the pipes open (a process that left
+        // the group is not waited for: the readers stop once the pipes go quiet).
         kill_group(pid, libc::SIGKILL);
+        ended.mark();
         (o.join().unwrap_or_default(), e.join().unwrap_or_default(), exit)
     });
     Ok(Outcome { exit, stdout, stderr, duration: started.elapsed() })

@@ -34,18 +34,11 @@ pub fn resolve(name: &str, source: &SecretSource, root: &Path) -> Result<String,
             .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
             .map_err(|source| SecretError::File { name: name.into(), path: path.clone(), source }),
         SecretSource::Command(command) => {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(command)
-                .current_dir(root)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|e| SecretError::Command {
-                    name: name.into(),
-                    command: command.clone(),
-                    status: e.to_string(),
-                })?;
+            let out = super::process::capture(command, root, true).map_err(|e| SecretError::Command {
+                name: name.into(),
+                command: command.clone(),
+                status: e.to_string(),
+            })?;
             if !out.status.success() {
                 return Err(SecretError::Command {
                     name: name.into(),

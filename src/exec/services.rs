@@ -264,13 +264,17 @@ impl<'a> Services<'a> {
     }
 
     fn stop_one(&self, _name: &str, mut r: Running) {
-        if let Some(stop) = &r.stop {
+        // Interrupted: the run must end within a second, and a service's data is thrown away
+        // with its directory, so it gets SIGTERM and a short grace, not its stop command.
+        let interrupted = super::process::interrupted();
+        if let Some(stop) = r.stop.as_ref().filter(|_| !interrupted) {
             let cmd = render(stop, |k| r.vars.get(k).cloned()).unwrap_or_default();
             run_with_timeout(&cmd, &r.env, &self.root, Duration::from_secs(15));
         }
         let pid = r.child.id();
         kill_group(pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let grace = if interrupted { super::process::INTERRUPT_GRACE } else { Duration::from_secs(10) };
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = r.child.try_wait() {
                 break;

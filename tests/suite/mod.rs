@@ -1,6 +1,7 @@
 mod build;
 mod crash;
 mod deploy;
+mod hardening;
 mod hostile;
 mod pipeline;
 pub mod remote;
