@@ -41,6 +41,21 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits of a restore into `root`: `CAIRN_RESTORE_MAX_BYTES` (default 64 GiB) and
+    /// `CAIRN_RESTORE_MAX_ENTRIES` (default 2,000,000), and never more bytes than the
+    /// filesystem of `root` has free (less 1 GiB), so a bomb stops before the disk is full.
+    pub fn for_restore(root: &Path) -> Limits {
+        let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let mut max_bytes = num("CAIRN_RESTORE_MAX_BYTES", 64 << 30);
+        if let Ok(st) = rustix::fs::statvfs(root) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            max_bytes = max_bytes.min(free.saturating_sub(1 << 30).max(1 << 20));
+        }
+        Limits { max_bytes, max_entries: num("CAIRN_RESTORE_MAX_ENTRIES", 2_000_000), ..Limits::default() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("declared output `{0}` was not produced")]
@@ -806,7 +821,13 @@ fn read_entries(
             .map_err(|e| unsafe_entry(&String::from_utf8_lossy(e.as_bytes()), "name is not UTF-8"))?;
         out.entries += 1;
         if out.entries > limits.max_entries {
-            return Err(unsafe_entry(&raw, "too many entries in the archive"));
+            return Err(unsafe_entry(
+                &raw,
+                format!(
+                    "too many entries in the archive (the limit is {}; CAIRN_RESTORE_MAX_ENTRIES)",
+                    limits.max_entries
+                ),
+            ));
         }
         let rel = check_path(&raw)?;
         if !seen.insert(rel.clone()) {
@@ -865,7 +886,13 @@ fn read_entries(
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 out.bytes += size;
                 if out.bytes > limits.max_bytes {
-                    return Err(unsafe_entry(&raw, "archive expands beyond the byte budget"));
+                    return Err(unsafe_entry(
+                        &raw,
+                        format!(
+                            "archive expands beyond the byte budget of {} bytes (CAIRN_RESTORE_MAX_BYTES, or the free space)",
+                            limits.max_bytes
+                        ),
+                    ));
                 }
                 ensure_parent(&dest, &raw)?;
                 if size <= PARALLEL_FILE_MAX {

@@ -94,6 +94,11 @@ const MIGRATIONS: &[&str] = &[
     // 9: scan journals moved to files (`journals/` in the store); the table stays for older
     // binaries sharing the store, emptied here.
     "DELETE FROM scan_journals;",
+    // 10: the key each step last used (ran or restored) in a working tree: "why did this
+    // miss" compares with it, not with the newest entry (which after a revert is another
+    // branch's).
+    "CREATE TABLE last_keys (root TEXT NOT NULL, step TEXT NOT NULL, key TEXT NOT NULL, at INTEGER NOT NULL,
+        PRIMARY KEY (root, step));",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {
@@ -462,6 +467,32 @@ impl Index {
             )
             .and_then(|mut st| st.query_row([root, step], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
             .map_err(ctx("installed"))
+    }
+
+    /// Remember the key each step used in `root` (unchanged rows are not rewritten).
+    pub fn set_last_keys(&mut self, root: &str, pairs: &[(&str, &str)], now: i64) -> Result<(), IndexError> {
+        let tx = self.conn.transaction().map_err(ctx("last keys"))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO last_keys (root, step, key, at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (root, step) DO UPDATE SET key = excluded.key, at = excluded.at
+                     WHERE last_keys.key != excluded.key",
+                )
+                .map_err(ctx("last keys"))?;
+            for (step, key) in pairs {
+                st.execute(params![root, step, key, now]).map_err(ctx("last keys"))?;
+            }
+        }
+        tx.commit().map_err(ctx("last keys"))
+    }
+
+    /// The key `step` last used in `root`.
+    pub fn last_key(&self, root: &str, step: &str) -> Result<Option<String>, IndexError> {
+        self.conn
+            .prepare_cached("SELECT key FROM last_keys WHERE root = ?1 AND step = ?2")
+            .and_then(|mut st| st.query_row(params![root, step], |r| r.get(0)).optional())
+            .map_err(ctx("last key"))
     }
 
     pub fn set_installed(&self, root: &str, step: &str, digest: &str, fp: &str, at: i64) -> Result<(), IndexError> {

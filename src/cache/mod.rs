@@ -308,6 +308,31 @@ impl Store {
         Ok(self.index().get(key)?.map(Entry::from))
     }
 
+    /// Remember which key each step used in `root` this run (see [`Store::previous_entry`]).
+    pub fn note_used(&self, root: &Path, pairs: &[(&str, &str)]) -> Result<(), StoreError> {
+        if pairs.is_empty() || self.read_only {
+            return Ok(());
+        }
+        Ok(self.index().set_last_keys(&root.display().to_string(), pairs, now_ms())?)
+    }
+
+    /// The entry to explain a key of `step` against: the one this worktree last used, if it
+    /// is not `key` itself and is still stored, else the newest other entry of the step.
+    pub fn previous_entry(&self, root: &Path, step: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let last = self.index().last_key(&root.display().to_string(), step)?;
+        if let Some(last) = last.filter(|k| k != key) {
+            if let Some(e) = self.get(&last)? {
+                return Ok(Some(e));
+            }
+        }
+        self.latest_for_step(step, key)
+    }
+
+    /// The key `step` last used in `root`.
+    pub fn last_key(&self, root: &Path, step: &str) -> Option<String> {
+        self.index().last_key(&root.display().to_string(), step).ok().flatten()
+    }
+
     /// The newest entry of `step` other than `except_key`, for "why did this miss".
     pub fn latest_for_step(&self, step: &str, except_key: &str) -> Result<Option<Entry>, StoreError> {
         Ok(self.index().latest_for_step(step, except_key)?.map(Entry::from))
@@ -444,7 +469,7 @@ impl Store {
             protected(rel)
         };
         let rules = archive::LinkRules { root, outputs, protected: &guard };
-        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::default(), &rules).and_then(|u| {
+        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::for_restore(root), &rules).and_then(|u| {
             crate::inputs::timing("restore: unpack", t);
             let changed = if explain { archive::first_difference(&staging, root, outputs) } else { None };
             let t = std::time::Instant::now();

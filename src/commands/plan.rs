@@ -83,7 +83,7 @@ pub fn predict_with_remote(
                     StepState { key: Some(key), hit: true, remote: false, reasons: vec![], contribution: Some(c) }
                 }
                 Ok(Lookup::Miss(_, evicted)) => {
-                    let reasons = miss_reasons(store, &n.name, &key, &manifest, evicted);
+                    let reasons = miss_reasons(store, &prepared.walk.root, &n.name, &key, &manifest, evicted);
                     if remote.is_some() {
                         asked.push((i, key, reasons));
                         continue;

@@ -34,12 +34,23 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
         }
         let key = current.key();
         let stored_now = store.get(&key).map_err(|e| Error::Io(format!("error: {e}")))?;
-        // If the current key is stored (it just ran, or hits), explain it against the entry
-        // before it; otherwise explain the coming run against the newest entry.
-        let previous = store.latest_for_step(&n.name, &key).map_err(|e| Error::Io(format!("error: {e}")))?;
+        // Explain the key against the entry this worktree last used for the step (after a
+        // revert the newest entry is another branch's), else the newest other entry.
+        let last_here = store.last_key(&root, &n.name);
+        let previous = store.previous_entry(&root, &n.name, &key).map_err(|e| Error::Io(format!("error: {e}")))?;
         let mut reasons: Vec<serde_json::Value> = Vec::new();
         let mut text: Vec<String> = Vec::new();
-        let status = if stored_now.is_some() { "stored (hit)" } else { "will run" };
+        let hit = stored_now.is_some() && n.step.cache;
+        let status = if hit { "would hit" } else { "will run" };
+        if hit {
+            text.push(format!(
+                "would hit: key {} is stored, so `cairn build` restores it and runs nothing",
+                &key[..12]
+            ));
+            if last_here.as_deref() == Some(key.as_str()) {
+                text.push("it is the entry this worktree used last".into());
+            }
+        }
         if !state.hit && state.key.is_none() {
             text.push(format!(
                 "an upstream step will run first: {}",
@@ -74,8 +85,15 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
                 if source == "remote" {
                     text.push(format!("compared with the newest remote entry {} (never built here)", &prev_key[..12]));
                 }
+                let which = if last_here.as_deref() == Some(prev_key.as_str()) {
+                    "the entry this worktree used last"
+                } else {
+                    "the previous entry"
+                };
                 if d.is_empty() {
-                    text.push(format!("identical to the previous entry {}", &prev_key[..12]));
+                    text.push(format!("identical to {which} {}", &prev_key[..12]));
+                } else if hit {
+                    text.push(format!("differs from {which} {} in:", &prev_key[..12]));
                 }
                 for r in d {
                     let mut v = json!({"code": r.code(), "detail": r.describe(), "reason": r});
@@ -105,6 +123,7 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
                 "step": n.name,
                 "key": state.key,
                 "status": status,
+                "would_hit": hit,
                 "compared_with": compared_key,
                 "compared_source": compared_source,
                 "reasons": reasons,

@@ -135,6 +135,29 @@ pub fn print_phases() {
     }
 }
 
+/// Literal input paths (no glob characters) of `selected` steps that do not exist: each one
+/// an error with a hint that can be followed as written.
+pub fn missing_literal_inputs(p: &Pipeline, g: &Graph, selected: &[usize], root: &Path) -> Vec<ExecError> {
+    let mut out = Vec::new();
+    for &i in selected {
+        for inc in &step_inputs(p, &g.nodes[i].step).include {
+            let literal = !inc.starts_with('!') && !inc.contains(['*', '?', '[', '{']);
+            if literal && std::fs::symlink_metadata(root.join(inc.trim_end_matches('/'))).is_err() {
+                let hint = match inc.rsplit('/').next().unwrap_or(inc) {
+                    "mix.lock" => format!(
+                        "run `mix deps.get` and commit mix.lock (cairn keys `deps/` on it); a project whose mix.exs \
+                         declares no dependencies has no mix.lock: write the input as `{inc}*`, which may match nothing"
+                    ),
+                    "Cargo.lock" => "run `cargo generate-lockfile` and commit Cargo.lock".to_string(),
+                    _ => format!("create it, or write the input as a glob (`{inc}*`) if it is optional"),
+                };
+                out.push(ExecError::MissingInput { step: g.nodes[i].name.clone(), path: inc.clone(), hint });
+            }
+        }
+    }
+    out
+}
+
 /// Probe toolchains, resolve secrets, hash inputs.
 pub fn prepare(
     p: &Pipeline,
@@ -231,18 +254,8 @@ pub fn prepare(
     // Inputs, in one walk. Literal paths (no glob characters) are required.
     let walk = walk_options(p, root, cache_dir, threads);
     let step_in: Vec<StepInputs> = selected.iter().map(|&i| step_inputs(p, &g.nodes[i].step)).collect();
-    for (k, &i) in selected.iter().enumerate() {
-        for inc in &step_in[k].include {
-            let literal = !inc.starts_with('!') && !inc.contains(['*', '?', '[', '{']);
-            if literal && std::fs::symlink_metadata(root.join(inc.trim_end_matches('/'))).is_err() {
-                let hint = match inc.rsplit('/').next().unwrap_or(inc) {
-                    "mix.lock" => "run `mix deps.get` and commit mix.lock (cairn keys `deps/` on it)".to_string(),
-                    "Cargo.lock" => "run `cargo generate-lockfile` and commit Cargo.lock".to_string(),
-                    _ => format!("create it, or write the input as a glob (`{inc}*`) if it is optional"),
-                };
-                return Err(ExecError::MissingInput { step: g.nodes[i].name.clone(), path: inc.clone(), hint });
-            }
-        }
+    if let Some(e) = missing_literal_inputs(p, g, selected, root).into_iter().next() {
+        return Err(e);
     }
     let sig = inputs::journal::signature(&walk, &step_in);
     let t = Instant::now();
@@ -750,8 +763,18 @@ impl Build<'_> {
             self.selected.iter().map(|i| done.remove(i).expect("every step has a report")).collect();
         self.record_settled(std::mem::take(&mut *unsettled.lock().unwrap_or_else(|p| p.into_inner())));
         let hits: Vec<&str> = steps.iter().filter(|r| r.status.is_hit()).filter_map(|r| r.key.as_deref()).collect();
-        if let Err(e) = self.store.touch_many(&hits) {
-            self.console.note(&format!("warning: could not mark this run's hits as used: {e}"));
+        if !self.store.is_read_only() {
+            if let Err(e) = self.store.touch_many(&hits) {
+                self.console.note(&format!("warning: could not mark this run's hits as used: {e}"));
+            }
+        }
+        let used: Vec<(&str, &str)> = steps
+            .iter()
+            .filter(|r| r.status.is_hit() || r.status == Status::Ran)
+            .filter_map(|r| r.key.as_deref().map(|k| (r.name.as_str(), k)))
+            .collect();
+        if let Err(e) = self.store.note_used(&self.root, &used) {
+            self.console.note(&format!("warning: could not record the keys this run used: {e}"));
         }
         BuildOutcome { steps, wall_ms: t0.elapsed().as_millis() as u64, interrupted, scan: prepared.scan }
     }
@@ -844,7 +867,7 @@ impl Job<'_> {
                     pending = Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned()));
                 }
                 Ok(Lookup::Miss(p, evicted)) => {
-                    report.reasons.extend(miss_reasons(b.store, &node.name, &key, &self.manifest, evicted));
+                    report.reasons.extend(miss_reasons(b.store, &b.root, &node.name, &key, &self.manifest, evicted));
                     if b.is_forced(self.node) {
                         report.reasons.insert(0, DirtyReason::Forced);
                         pending = Some(p);
@@ -1248,6 +1271,7 @@ fn changed_paths(a: &BTreeMap<String, FileDigest>, b: &BTreeMap<String, FileDige
 /// key) what differs from the newest entry of the same step.
 pub fn miss_reasons(
     store: &Store,
+    root: &Path,
     step: &str,
     key: &str,
     manifest: &KeyManifest,
@@ -1258,13 +1282,15 @@ pub fn miss_reasons(
             vec![DirtyReason::Corrupt { detail: why.trim_start_matches("corrupt: ").to_string() }]
         }
         Some(_) => vec![DirtyReason::Evicted],
-        None => why_missed(store, step, key, manifest),
+        None => why_missed(store, root, step, key, manifest),
     }
 }
 
-/// Why a key missed: compare with the newest entry of the same step.
-pub fn why_missed(store: &Store, step: &str, key: &str, manifest: &KeyManifest) -> Vec<DirtyReason> {
-    match store.latest_for_step(step, key) {
+/// Why a key missed: compare with the entry this worktree last used for the step (after a
+/// revert, the newest entry is another branch's, whose differences nobody made here), else
+/// with the newest entry of the step.
+pub fn why_missed(store: &Store, root: &Path, step: &str, key: &str, manifest: &KeyManifest) -> Vec<DirtyReason> {
+    match store.previous_entry(root, step, key) {
         Ok(Some(prev)) => match prev.manifest() {
             Some(old) => {
                 let d = diff(&old, manifest);

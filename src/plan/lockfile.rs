@@ -29,8 +29,15 @@ fn quoted(s: &str) -> Option<(&str, &str)> {
     Some((&rest[..end], &rest[end + 1..]))
 }
 
-/// name → version of a `mix.lock`.
+/// name → version of a `mix.lock`. A git dependency's version is the ref it follows (tag,
+/// branch or ref) and its commit: `git v1.2.0 (0123456789ab)`.
 pub fn parse_mix_lock(text: &str) -> BTreeMap<String, String> {
+    mix_lock_entries(text).into_iter().map(|(name, (version, _))| (name, version)).collect()
+}
+
+/// name → (version, the whole entry): the entry also holds the checksums, so a dependency
+/// whose checksum changed without its version (a re-published package) is still seen.
+fn mix_lock_entries(text: &str) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let Some((name, rest)) = quoted(line) else { continue };
@@ -39,13 +46,22 @@ pub fn parse_mix_lock(text: &str) -> BTreeMap<String, String> {
         let fields: Vec<&str> = rest.splitn(4, ',').map(str::trim).collect();
         let version = match fields.first() {
             Some(&":hex") => fields.get(2).and_then(|f| quoted(f)).map(|(v, _)| v.to_string()),
-            Some(&":git") => {
-                fields.get(2).and_then(|f| quoted(f)).map(|(v, _)| format!("git {}", &v[..v.len().min(12)]))
-            }
+            Some(&":git") => fields.get(2).and_then(|f| quoted(f)).map(|(sha, _)| {
+                let sha = &sha[..sha.len().min(12)];
+                let opts = fields.get(3).copied().unwrap_or("");
+                let git_ref = ["tag", "branch", "ref"].iter().find_map(|k| {
+                    let at = opts.find(&format!("{k}: \""))?;
+                    quoted(&opts[at + k.len() + 1..]).map(|(v, _)| v.to_string())
+                });
+                match git_ref {
+                    Some(r) => format!("git {r} ({sha})"),
+                    None => format!("git {sha}"),
+                }
+            }),
             _ => None,
         };
         if let Some(v) = version {
-            out.insert(name.to_string(), v);
+            out.insert(name.to_string(), (v, rest.trim().trim_end_matches(',').to_string()));
         }
     }
     out
@@ -72,8 +88,22 @@ pub fn parse_cargo_lock(text: &str) -> BTreeMap<String, String> {
 
 /// The dependencies whose version differs, was added or was removed.
 pub fn diff(path: &str, old: &str, new: &str) -> Vec<DepChange> {
-    let parse = if path.ends_with("Cargo.lock") { parse_cargo_lock } else { parse_mix_lock };
-    let (a, b) = (parse(old), parse(new));
+    if !path.ends_with("Cargo.lock") {
+        let (a, b) = (mix_lock_entries(old), mix_lock_entries(new));
+        let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+        names.sort();
+        names.dedup();
+        return names
+            .into_iter()
+            .filter(|n| a.get(*n) != b.get(*n))
+            .map(|n| DepChange {
+                name: n.clone(),
+                old: a.get(n).map(|e| e.0.clone()),
+                new: b.get(n).map(|e| e.0.clone()),
+            })
+            .collect();
+    }
+    let (a, b) = (parse_cargo_lock(old), parse_cargo_lock(new));
     let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
     names.sort();
     names.dedup();
@@ -87,6 +117,7 @@ pub fn diff(path: &str, old: &str, new: &str) -> Vec<DepChange> {
 impl std::fmt::Display for DepChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (&self.old, &self.new) {
+            (Some(o), Some(n)) if o == n => write!(f, "{} {o}: checksum changed (same version)", self.name),
             (Some(o), Some(n)) => write!(f, "{} {o} → {n}", self.name),
             (None, Some(n)) => write!(f, "{} added ({n})", self.name),
             (Some(o), None) => write!(f, "{} removed (was {o})", self.name),
@@ -114,6 +145,27 @@ mod tests {
         let shown: Vec<String> = d.iter().map(|c| c.to_string()).collect();
         assert_eq!(shown, ["jason 1.4.1 → 1.4.4", "plug removed (was 1.15.0)", "telemetry added (1.2.1)"]);
         assert_eq!(parse_mix_lock(old)["ash"], "git 0123456789ab");
+    }
+
+    #[test]
+    fn mix_lock_git_refs_and_checksum_only_changes() {
+        let old = r#"%{
+  "decimal": {:git, "https://github.com/ericmj/decimal.git", "aaaaaaaaaaaaaaaaaaaa", [tag: "v2.0.0"]},
+  "plug": {:git, "https://github.com/elixir-plug/plug.git", "cccccccccccccccccccc", [branch: "main"]},
+  "jason": {:hex, :jason, "1.4.1", "abc", [:mix], [], "hexpm", "def"},
+}"#;
+        let new = old
+            .replace("aaaaaaaaaaaaaaaaaaaa\", [tag: \"v2.0.0\"]", "bbbbbbbbbbbbbbbbbbbb\", [tag: \"v2.1.0\"]")
+            .replace("\"hexpm\", \"def\"", "\"hexpm\", \"XYZ\"");
+        let shown: Vec<String> = diff("mix.lock", old, &new).iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "decimal git v2.0.0 (aaaaaaaaaaaa) → git v2.1.0 (bbbbbbbbbbbb)",
+                "jason 1.4.1: checksum changed (same version)"
+            ]
+        );
+        assert_eq!(parse_mix_lock(old)["plug"], "git main (cccccccccccc)");
     }
 
     #[test]

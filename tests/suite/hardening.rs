@@ -520,3 +520,61 @@ fn the_wall_time_includes_toolchain_probes() {
     let v = summary(&p, &[]);
     assert!(v["totals"]["wall_ms"].as_u64().unwrap() >= 600, "{v}");
 }
+
+// ---- 7. honest reasons ------------------------------------------------------------------------
+
+/// After a revert, a miss is explained against the entry this worktree used last, not the
+/// newest one (another branch's), so no file nobody touched is named.
+#[test]
+fn reasons_compare_with_the_entry_this_worktree_used_last() {
+    let p = Project::new()
+        .pipeline(r#"Pipeline(name: "r", steps: {"t": (run: "cat a.txt b.txt > out.txt", inputs: ["a.txt", "b.txt"], outputs: ["out.txt"])})"#)
+        .file("a.txt", "a1\n")
+        .file("b.txt", "b1\n");
+    p.run(BUILD).ok();
+    p.write("b.txt", "b2\n"); // a branch that changed b.txt, built and stored
+    p.run(BUILD).ok();
+    p.write("b.txt", "b1\n"); // back: a hit on the first entry
+    assert_eq!(step(&summary(&p, &[]), "t")["status"], "hit-local");
+    p.write("a.txt", "a2\n");
+    let r = p.run(&["why", "-p", "pipelines/test.ron", "t"]).ok();
+    assert!(r.stdout.contains("a.txt") && !r.stdout.contains("b.txt"), "only a.txt changed here: {}", r.stdout);
+    let v = summary(&p, &[]);
+    let reasons = step(&v, "t")["reasons"].to_string();
+    assert!(reasons.contains("a.txt") && !reasons.contains("b.txt"), "{reasons}");
+    // `why` on a step that would hit says so.
+    let r = p.run(&["why", "-p", "pipelines/test.ron", "t"]).ok();
+    assert!(r.stdout.contains("would hit"), "{}", r.stdout);
+}
+
+// ---- 12. `cairn check` and missing literal inputs ------------------------------------------------
+
+#[test]
+fn check_reports_a_missing_literal_input_with_a_hint_that_can_be_followed() {
+    let p = Project::new()
+        .pipeline(r#"Pipeline(name: "c", steps: {"deps": (run: "true", inputs: ["mix.exs", "mix.lock", "lib/**"])})"#)
+        .file("mix.exs", "defmodule X.MixProject do\n  defp deps, do: []\nend\n");
+    let r = p.run(&["check", "-p", "pipelines/test.ron"]).ok();
+    assert!(r.stderr.contains("`mix.lock` does not exist") && r.stderr.contains("`deps`"), "{}", r.stderr);
+    assert!(r.stderr.contains("write the input as `mix.lock*`"), "a project without dependencies: {}", r.stderr);
+    assert!(!r.stderr.contains("mix.exs`"), "mix.exs exists: {}", r.stderr);
+    // The hint, followed, makes both check and build happy.
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("\"mix.lock\"", "\"mix.lock*\""));
+    let r = p.run(&["check", "-p", "pipelines/test.ron"]).ok();
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    p.run(BUILD).ok();
+}
+
+// ---- 2. bombs from the store name their limit ----------------------------------------------------
+
+#[test]
+fn an_entry_count_bomb_is_refused_naming_the_limit() {
+    let p = Project::new().pipeline(
+        r#"Pipeline(name: "b", steps: {"many": (run: "mkdir -p out && for i in $(seq 1 40); do echo $i > out/f$i; done", outputs: ["out/"])})"#,
+    );
+    p.run(BUILD).ok();
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    let r = p.run_with(&["build", "-p", "pipelines/test.ron"], &[("CAIRN_RESTORE_MAX_ENTRIES", "10")]).ok();
+    assert!(r.stderr.contains("too many entries in the archive (the limit is 10"), "{}", r.stderr);
+    assert!(p.path().join("out/f40").exists(), "the step ran instead");
+}
