@@ -190,7 +190,23 @@ impl Item {
     }
 }
 
-fn collect(root: &Path, rel: &str, out: &mut Vec<Item>) -> Result<(), ArchiveError> {
+/// A step's outputs as the graph gives them ([`crate::plan::Node::outputs`]): the paths to
+/// walk, and the paths carved out of them (`!path`, another step's outputs nested inside).
+pub fn split_outputs(outputs: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut walk, mut carve) = (Vec::new(), Vec::new());
+    for o in outputs {
+        match o.strip_prefix('!') {
+            Some(c) => carve.push(normalize_output(c)),
+            None => walk.push(normalize_output(o)),
+        }
+    }
+    (walk, carve)
+}
+
+fn collect(root: &Path, rel: &str, out: &mut Vec<Item>, carve: &[String]) -> Result<(), ArchiveError> {
+    if !carve.is_empty() && carve.iter().any(|c| c == rel) {
+        return Ok(()); // another step's output
+    }
     let abs = root.join(rel);
     let meta = fs::symlink_metadata(&abs).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -220,7 +236,7 @@ fn collect(root: &Path, rel: &str, out: &mut Vec<Item>) -> Result<(), ArchiveErr
                     kind: "non-UTF-8 name",
                 });
             };
-            collect(root, &format!("{rel}/{name}"), out)?;
+            collect(root, &format!("{rel}/{name}"), out, carve)?;
         }
     } else {
         let kind = if ft_is_fifo(&meta) { "FIFO" } else { "device or socket" };
@@ -304,8 +320,9 @@ fn dirs_unchanged(items: &[Item]) -> Result<(), ArchiveError> {
 /// missing outputs are left out).
 fn list(root: &Path, outputs: &[String]) -> Vec<Item> {
     let mut items = Vec::new();
-    for out in outputs {
-        let _ = collect(root, &normalize_output(out), &mut items);
+    let (walk, carve) = split_outputs(outputs);
+    for out in &walk {
+        let _ = collect(root, out, &mut items, &carve);
     }
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
@@ -342,6 +359,15 @@ pub fn first_difference(staged: &Path, worktree: &Path, outputs: &[String]) -> O
     b.iter().find(|w| !staged.contains(w.rel.as_str())).map(|w| format!("{} was added", w.rel))
 }
 
+/// Entries of `outputs` changed (written, created, chmod'ed) at or after `since_ns`.
+pub fn changed_since(root: &Path, outputs: &[String], since_ns: i64) -> Vec<String> {
+    list(root, outputs)
+        .into_iter()
+        .filter(|it| !matches!(it.kind, Kind::Dir) && (it.stat.mtime >= since_ns || it.stat.ctime >= since_ns))
+        .map(|it| it.rel)
+        .collect()
+}
+
 /// The first output file (in path order) whose content `pred` flags, with what it said.
 pub fn find_in_outputs(
     root: &Path,
@@ -362,8 +388,9 @@ pub fn find_in_outputs(
 /// compressing or writing anything. `None` if an output is missing or unreadable.
 pub fn outputs_digest(root: &Path, outputs: &[String]) -> Option<String> {
     let mut items = Vec::new();
-    for out in outputs {
-        collect(root, &normalize_output(out), &mut items).ok()?;
+    let (walk, carve) = split_outputs(outputs);
+    for out in &walk {
+        collect(root, out, &mut items, &carve).ok()?;
     }
     items.sort_by(|a, b| a.rel.cmp(&b.rel));
     items.dedup_by(|a, b| a.rel == b.rel);
@@ -388,9 +415,10 @@ pub fn pack(
     let before_stats = crate::inputs::now_ns();
     let mut items = Vec::new();
     let (mut fp, mut settles) = (Vec::with_capacity(64 * 1024), 0i64);
-    for out in outputs {
+    let (walk, carve) = split_outputs(outputs);
+    for out in &walk {
         let from = items.len();
-        collect(root, &normalize_output(out), &mut items)?;
+        collect(root, out, &mut items, &carve)?;
         for it in &items[from..] {
             crate::inputs::fingerprint_entry(&mut fp, it.rel.as_bytes(), it.stat, &mut settles);
         }
@@ -649,7 +677,7 @@ fn check_links(links: &std::collections::HashMap<PathBuf, PathBuf>, rules: &Link
     if links.is_empty() {
         return Ok(());
     }
-    let outputs: Vec<String> = rules.outputs.iter().map(|o| normalize_output(o)).collect();
+    let (outputs, _) = split_outputs(rules.outputs);
     let lookup = |p: &Path| -> Option<PathBuf> {
         if let Some(t) = links.get(p) {
             return Some(t.clone());
@@ -997,8 +1025,9 @@ pub fn linked_ancestor(root: &Path, rel: &str) -> Option<String> {
 /// through a link: an output whose parent in the worktree is a symlink is refused, and an
 /// existing output that is a link is moved aside as the link itself.
 pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) -> Result<(), ArchiveError> {
-    for out in outputs {
-        let rel = normalize_output(out);
+    let (outputs, carve) = split_outputs(outputs);
+    for rel in &outputs {
+        let rel = rel.clone();
         if let Some(link) = linked_ancestor(root, &rel) {
             return Err(ArchiveError::Io {
                 context: format!("restoring output {rel}"),
@@ -1012,8 +1041,8 @@ pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) ->
     let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut installed: Vec<PathBuf> = Vec::new();
     let result = (|| {
-        for out in outputs {
-            let rel = normalize_output(out);
+        for rel in &outputs {
+            let rel = rel.clone();
             let src = staging.join(&rel);
             let dst = root.join(&rel);
             let Ok(meta) = fs::symlink_metadata(&src) else {
@@ -1029,6 +1058,19 @@ pub fn install(staging: &Path, root: &Path, outputs: &[String], trash: &Path) ->
             }
             let _ = meta;
             rename_dir(&src, &dst).map_err(io_err(format!("moving {rel} into place")))?;
+            // Another step's outputs nested in this one stay where they were.
+            if let Some((aside, _)) = moved.last().filter(|(_, d)| *d == dst) {
+                for c in carve.iter().filter(|c| Path::new(c).starts_with(&rel)) {
+                    let inner = Path::new(c).strip_prefix(&rel).expect("checked");
+                    let (old, new) = (aside.join(inner), root.join(c));
+                    if fs::symlink_metadata(&old).is_ok() && fs::symlink_metadata(&new).is_err() {
+                        if let Some(parent) = new.parent() {
+                            let _ = fs::create_dir_all(parent);
+                        }
+                        let _ = fs::rename(&old, &new);
+                    }
+                }
+            }
             installed.push(dst);
         }
         Ok(())

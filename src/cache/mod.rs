@@ -417,6 +417,11 @@ impl Store {
         }
     }
 
+    /// The stat fingerprint recorded for `step`'s outputs in `root`.
+    pub fn installed_fingerprint(&self, root: &Path, step: &str) -> Option<String> {
+        self.index().installed(&root.display().to_string(), step).ok().flatten().map(|(_, fp, _)| fp)
+    }
+
     /// The outputs digest cairn last installed (ran, or restored) for `step` in `root`.
     pub fn installed_digest(&self, root: &Path, step: &str) -> Option<String> {
         self.index().installed(&root.display().to_string(), step).ok().flatten().map(|(d, _, _)| d)

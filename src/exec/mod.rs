@@ -499,7 +499,7 @@ impl Prefetch {
                 return;
             }
             if !slot.stale.load(SeqCst) {
-                slot.fingerprint.get_or_init(|| inputs::outputs_fingerprint(root, &g.nodes[i].step.outputs));
+                slot.fingerprint.get_or_init(|| inputs::outputs_fingerprint(root, &g.nodes[i].outputs));
             }
         }
     }
@@ -616,8 +616,8 @@ impl Build<'_> {
         for (node, digest, settles) in unsettled {
             if settles <= now {
                 let n = &self.graph.nodes[node];
-                let fingerprint = || inputs::outputs_fingerprint(&self.root, &n.step.outputs);
-                let _ = self.store.outputs_in_place(&self.root, &n.name, &n.step.outputs, &digest, fingerprint);
+                let fingerprint = || inputs::outputs_fingerprint(&self.root, &n.outputs);
+                let _ = self.store.outputs_in_place(&self.root, &n.name, &n.outputs, &digest, fingerprint);
             }
         }
     }
@@ -918,6 +918,7 @@ impl Job<'_> {
             }
         }
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
+        let started_ns = inputs::now_ns();
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
         let outcome = process::run(
             &node.run,
@@ -959,6 +960,7 @@ impl Job<'_> {
             }
         }
         report.contribution = Some(Upstream::Key(key.clone()));
+        self.foreign_writes(&mut report, started_ns);
         let Some(pending) = pending else {
             return report;
         };
@@ -992,7 +994,7 @@ impl Job<'_> {
         timing("re-check inputs", t);
         let logs: [(&str, &[u8]); 2] = [(archive::LOG_STDOUT, &outcome.stdout), (archive::LOG_STDERR, &outcome.stderr)];
         let t = Instant::now();
-        let packed = archive::pack(&b.root, &node.step.outputs, &logs, &b.store.tmp_dir(), b.zstd_level);
+        let packed = archive::pack(&b.root, &node.outputs, &logs, &b.store.tmp_dir(), b.zstd_level);
         timing("pack", t);
         match packed {
             Err(archive::ArchiveError::MissingOutput(o)) => {
@@ -1039,7 +1041,7 @@ impl Job<'_> {
                             let settles = b.store.record_packed(
                                 &b.root,
                                 &node.name,
-                                &node.step.outputs,
+                                &node.outputs,
                                 &entry.outputs_digest,
                                 fingerprint.as_ref(),
                             );
@@ -1084,13 +1086,60 @@ impl Job<'_> {
                 .get(&node)
                 .is_some_and(|m| m.inputs.range(dir.clone()..).next().is_some_and(|(p, _)| p.starts_with(&dir)))
         };
+        // A directory of this step's own sources may be linked to (mix links
+        // `_build/*/lib/APP/priv` to `priv/`); one holding only other steps' inputs may not.
+        if inside(self.node) {
+            return None;
+        }
         self.prepared
             .manifests
             .keys()
             .copied()
-            .filter(|&n| n != self.node)
             .find(|&n| inside(n))
             .map(|n| format!("a directory holding inputs of step `{}`", g.nodes[n].name))
+    }
+
+    /// Did the step write into the outputs of a step it needs (done earlier in this build)?
+    /// `mix test` writes `.mix_test_failures` into compile's `_build/test/`: said by name,
+    /// with the declaration that keeps the other step's outputs in place.
+    fn foreign_writes(&self, report: &mut StepReport, since_ns: i64) {
+        let b = self.build;
+        let g = b.graph;
+        let mut upstream = BTreeSet::new();
+        let mut stack = g.nodes[self.node].needs.clone();
+        while let Some(d) = stack.pop() {
+            if upstream.insert(d) {
+                stack.extend(g.nodes[d].needs.iter().copied());
+            }
+        }
+        for a in upstream {
+            let other = &g.nodes[a];
+            if other.step.outputs.is_empty() {
+                continue;
+            }
+            let Some(recorded) = b.store.installed_fingerprint(&b.root, &other.name) else { continue };
+            if inputs::outputs_fingerprint(&b.root, &other.outputs).is_some_and(|(fp, _)| fp == recorded) {
+                continue;
+            }
+            let written = archive::changed_since(&b.root, &other.outputs, since_ns);
+            if written.is_empty() {
+                continue;
+            }
+            let shown: Vec<&str> = written.iter().take(3).map(String::as_str).collect();
+            let more = if written.len() > 3 { format!(" and {} more", written.len() - 3) } else { String::new() };
+            let decl: Vec<String> = written.iter().take(3).map(|w| format!("\"{w}\"")).collect();
+            let w = format!(
+                "step `{}` wrote into the outputs of step `{}`: {}{more}; declare them as outputs of `{}` (outputs: [{}]) so `{}`'s outputs stay in place",
+                g.nodes[self.node].name,
+                other.name,
+                shown.join(", "),
+                g.nodes[self.node].name,
+                decl.join(", "),
+                other.name
+            );
+            b.console.note(&format!("warning: {w}"));
+            report.warnings.push(w);
+        }
     }
 
     /// Did the step write one of its secrets into an output? Warns naming the step, the
@@ -1108,7 +1157,7 @@ impl Job<'_> {
         if maskers.is_empty() {
             return None;
         }
-        let (file, secret) = archive::find_in_outputs(&b.root, &node.step.outputs, |bytes| {
+        let (file, secret) = archive::find_in_outputs(&b.root, &node.outputs, |bytes| {
             maskers.iter().find(|(_, m)| m.found_in(bytes)).map(|(name, _)| name.to_string())
         })?;
         let store = node.step.store_outputs_with_secret.or(b.pipeline.cache.store_outputs_with_secret).unwrap_or(false);
@@ -1136,11 +1185,11 @@ impl Job<'_> {
         let started = Instant::now();
         let t = Instant::now();
         let fingerprint = || match b.prefetch {
-            Some(p) => p.fingerprint(self.node, &b.root, &node.step.outputs),
-            None => inputs::outputs_fingerprint(&b.root, &node.step.outputs),
+            Some(p) => p.fingerprint(self.node, &b.root, &node.outputs),
+            None => inputs::outputs_fingerprint(&b.root, &node.outputs),
         };
         let in_place = has_outputs
-            && b.store.outputs_in_place(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest, fingerprint);
+            && b.store.outputs_in_place(&b.root, &node.name, &node.outputs, &entry.outputs_digest, fingerprint);
         if !in_place && has_outputs {
             if let Some(p) = b.prefetch {
                 p.wrote(self.node); // about to restore into the worktree
@@ -1160,7 +1209,7 @@ impl Job<'_> {
             // Outputs cairn itself installed with these very bytes were edited: say which file.
             let explain = b.store.installed_digest(&b.root, &node.name).is_some_and(|d| d == entry.outputs_digest);
             let protected = |rel: &str| self.protected(rel);
-            b.store.restore(entry, &b.root, &node.step.outputs, &protected, explain).inspect(|r| {
+            b.store.restore(entry, &b.root, &node.outputs, &protected, explain).inspect(|r| {
                 if let Some(what) = &r.changed {
                     let outs: Vec<String> = node.step.outputs.iter().map(|o| archive::normalize_output(o)).collect();
                     let out = outs
@@ -1172,7 +1221,7 @@ impl Job<'_> {
                     b.console.note(&format!("{prefix} {msg}"));
                     report.warnings.push(msg);
                 }
-                let settles = b.store.record_installed(&b.root, &node.name, &node.step.outputs, &entry.outputs_digest);
+                let settles = b.store.record_installed(&b.root, &node.name, &node.outputs, &entry.outputs_digest);
                 self.unsettled(settles, &entry.outputs_digest);
             })
         };

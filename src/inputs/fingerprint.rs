@@ -77,17 +77,24 @@ pub(crate) fn fingerprint_entry(buf: &mut Vec<u8>, rel: &[u8], st: FingerprintSt
 
 /// A stat fingerprint of a step's outputs as they are on disk (see the module docs), and
 /// when the newest entry settles. `None` if an output is missing or unreadable.
+/// Outputs written `!path` are carved out of the others (another step's outputs nested in
+/// them): neither they nor what is below them are fingerprinted.
 pub fn outputs_fingerprint(root: &Path, outputs: &[String]) -> Option<(String, i64)> {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut settles = 0i64;
-    for out in outputs {
+    let carve: Vec<&[u8]> = outputs
+        .iter()
+        .filter_map(|o| o.strip_prefix('!'))
+        .map(|c| c.trim_start_matches("./").trim_end_matches('/').as_bytes())
+        .collect();
+    for out in outputs.iter().filter(|o| !o.starts_with('!')) {
         let name = out.trim_start_matches("./").trim_end_matches('/');
         let top = root.join(name);
         let st = rustix::fs::lstat(&top).ok()?;
         fingerprint_entry(&mut buf, name.as_bytes(), FingerprintStat::of(&st), &mut settles);
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             let tree = Tree::read(top)?;
-            tree.emit(0, &mut name.as_bytes().to_vec(), &mut buf, &mut settles);
+            tree.emit(0, &mut name.as_bytes().to_vec(), &mut buf, &mut settles, &carve);
         }
     }
     Some((blake3::hash(&buf).to_hex().to_string(), settles))
@@ -148,14 +155,16 @@ impl Tree {
     }
 
     /// Write directory `dir`'s entries, and their subtrees, in walk order.
-    fn emit(&self, dir: usize, rel: &mut Vec<u8>, buf: &mut Vec<u8>, settles: &mut i64) {
+    fn emit(&self, dir: usize, rel: &mut Vec<u8>, buf: &mut Vec<u8>, settles: &mut i64, carve: &[&[u8]]) {
         for e in &self.dirs[dir] {
             let len = rel.len();
             rel.push(b'/');
             rel.extend_from_slice(e.name.to_bytes());
-            fingerprint_entry(buf, rel, e.stat, settles);
-            if let Some(child) = e.child {
-                self.emit(child, rel, buf, settles);
+            if carve.is_empty() || !carve.contains(&rel.as_slice()) {
+                fingerprint_entry(buf, rel, e.stat, settles);
+                if let Some(child) = e.child {
+                    self.emit(child, rel, buf, settles, carve);
+                }
             }
             rel.truncate(len);
         }

@@ -51,7 +51,11 @@ impl Checker<'_> {
     }
 
     fn relative_path(&mut self, owner: &str, what: &str, path: &str) {
-        let bad = path.is_empty() || path.starts_with('/') || path.split('/').any(|c| c == "..") || path.contains('\0');
+        let bad = path.is_empty()
+            || path.starts_with('/')
+            || path.starts_with('!')
+            || path.split('/').any(|c| c == "..")
+            || path.contains('\0');
         if bad {
             let at = self.loc.locate(Some(owner), path);
             self.push(
@@ -203,16 +207,21 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
             c.relative_path(name, "output", out);
             let norm = out.trim_end_matches('/').trim_start_matches("./").to_string();
             for (other_path, other) in &claimed {
+                // An output strictly inside another step's is that step's to carve out, when
+                // the inner one runs after it (`mix test` writing into compile's `_build/`).
+                let nested_ok = (norm.starts_with(&format!("{other_path}/")) && needs_transitively(p, name, other))
+                    || (other_path.starts_with(&format!("{norm}/")) && needs_transitively(p, other, name));
                 let overlaps = norm == *other_path
                     || norm.starts_with(&format!("{other_path}/"))
                     || other_path.starts_with(&format!("{norm}/"));
-                if overlaps && *other != name.as_str() {
+                if overlaps && !nested_ok && *other != name.as_str() {
                     let at = loc.locate(Some(name), out);
                     c.push(
                         at,
                         format!("steps `{other}` and `{name}` both claim output `{out}`"),
                         Some(
-                            "each path may be the output of one step only; split the directory or merge the steps"
+                            "each path may be the output of one step only; split the directory or merge the steps, \
+                             or let the step whose output lies inside the other's `needs` it"
                                 .into(),
                         ),
                     );
@@ -614,6 +623,25 @@ pub fn looks_rfc3339(s: &str) -> bool {
                 rest.strip_prefix('.').map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit())).unwrap_or(rest);
             rest == "Z" || valid_timezone(rest) && rest.starts_with(['+', '-'])
         }
+}
+
+/// Does step `a` need step `b`, directly or through other steps?
+fn needs_transitively(p: &Pipeline, a: &str, b: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<&str> = vec![a];
+    while let Some(s) = stack.pop() {
+        if let Some(step) = p.steps.get(s) {
+            for n in &step.needs {
+                if n == b {
+                    return true;
+                }
+                if seen.insert(n.as_str()) {
+                    stack.push(n);
+                }
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -21,6 +21,33 @@ pub struct Node {
     pub needs: Vec<usize>,
     /// The declaration.
     pub step: Step,
+    /// The outputs cairn stores, checks and restores for this node: the declared ones, then
+    /// `!path` for each output of another step nested inside them (`mix test` declaring
+    /// `_build/test/lib/app/.mix/.mix_test_failures` inside compile's `_build/test/`). Those
+    /// belong to the other step: this one neither archives nor fingerprints them.
+    pub outputs: Vec<String>,
+}
+
+fn normalized(o: &str) -> String {
+    o.trim_start_matches("./").trim_end_matches('/').to_string()
+}
+
+/// `!path` for every output of another node nested strictly inside one of node `i`'s.
+fn carve_outs(nodes: &[Node], i: usize) -> Vec<String> {
+    let mine: Vec<String> = nodes[i].step.outputs.iter().map(|o| normalized(o)).collect();
+    let mut out: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|&(j, n)| j != i && n.base != nodes[i].base)
+        .flat_map(|(_, n)| n.step.outputs.iter().map(|o| normalized(o)))
+        .filter(|o| {
+            mine.iter().any(|m| o.len() > m.len() + 1 && o.starts_with(m.as_str()) && o.as_bytes()[m.len()] == b'/')
+        })
+        .map(|o| format!("!{o}"))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The expanded graph; `nodes` is in topological order.
@@ -96,8 +123,13 @@ impl Graph {
                     env,
                     needs: Vec::new(),
                     step: step.clone(),
+                    outputs: step.outputs.clone(),
                 });
             }
+        }
+        for i in 0..nodes.len() {
+            let carve = carve_outs(&nodes, i);
+            nodes[i].outputs.extend(carve);
         }
         for node in &mut nodes {
             let mut needs = Vec::new();

@@ -578,3 +578,142 @@ fn an_entry_count_bomb_is_refused_naming_the_limit() {
     assert!(r.stderr.contains("too many entries in the archive (the limit is 10"), "{}", r.stderr);
     assert!(p.path().join("out/f40").exists(), "the step ran instead");
 }
+
+// ---- 5 and 6 on a real Elixir project ------------------------------------------------------------
+
+fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let ok = std::process::Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+}
+
+const MIX_PIPELINE: &str = r#"Pipeline(name: "app",
+  input_sets: {"mix": (include: ["mix.exs", "mix.lock"]), "elixir": (include: ["mix.exs", "mix.lock", "lib/**", "priv/**"])},
+  toolchains: {"elixir": (probe: "elixir --version")},
+  steps: {
+    "deps": (run: "mix deps.get", input_sets: ["mix"], outputs: ["deps/"], toolchains: ["elixir"], env: {"MIX_ENV": "test"}),
+    "compile": (run: "mix compile", needs: ["deps"], input_sets: ["elixir"], outputs: ["_build/"], toolchains: ["elixir"], env: {"MIX_ENV": "test"}),
+    "test": (run: "mix test", needs: ["compile"], input_sets: ["elixir"], inputs: ["test/**"], TEST_OUTPUTS toolchains: ["elixir"], env: {"MIX_ENV": "test"}),
+  })"#;
+
+/// A mix project with a git dependency (a local repository, tagged) and a `priv/` directory,
+/// committed; returns (the dependency's dir, the project).
+fn mix_project(test_outputs: &str) -> Option<(tempfile::TempDir, Project)> {
+    if !(have("mix") && have("git")) {
+        assert!(
+            std::env::var_os("CAIRN_SKIP_ELIXIR").is_some(),
+            "Elixir and git are needed (apt-get install elixir git)"
+        );
+        eprintln!("SKIPPED: mix or git is not installed (CAIRN_SKIP_ELIXIR is set)");
+        return None;
+    }
+    let dep = tempfile::tempdir().unwrap();
+    let d = dep.path();
+    std::fs::create_dir_all(d.join("lib")).unwrap();
+    std::fs::create_dir_all(d.join("priv")).unwrap();
+    std::fs::write(
+        d.join("mix.exs"),
+        "defmodule Dep.MixProject do\n  use Mix.Project\n  def project, do: [app: :dep, version: \"0.1.0\", deps: []]\nend\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("lib/dep.ex"), "defmodule Dep do\n  def hi, do: :hi\nend\n").unwrap();
+    std::fs::write(d.join("priv/data.txt"), "data\n").unwrap();
+    git(d, &["init", "-q"]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "dep"]);
+    git(d, &["tag", "v0.1.0"]);
+    let p = Project::new()
+        .pipeline(&MIX_PIPELINE.replace("TEST_OUTPUTS", test_outputs))
+        .file(
+            "mix.exs",
+            &format!(
+                "defmodule App.MixProject do\n  use Mix.Project\n  def project, do: [app: :app, version: \"0.1.0\", deps: [{{:dep, git: \"{}\", tag: \"v0.1.0\"}}]]\nend\n",
+                d.display()
+            ),
+        )
+        .file("lib/app.ex", "defmodule App do\n  def hi, do: Dep.hi()\nend\n")
+        .file("priv/x.txt", "x\n")
+        .file("test/test_helper.exs", "ExUnit.start()\n")
+        .file("test/app_test.exs", "defmodule AppTest do\n  use ExUnit.Case\n  test \"hi\", do: assert(App.hi() == :hi)\nend\n")
+        .file(".gitignore", "cache/\ndeps/\n_build/\n");
+    let lock = std::process::Command::new("mix").arg("deps.get").current_dir(p.path()).output().unwrap();
+    assert!(lock.status.success(), "{}", String::from_utf8_lossy(&lock.stderr));
+    std::fs::remove_dir_all(p.path().join("deps")).unwrap();
+    let _ = std::fs::remove_dir_all(p.path().join("_build"));
+    git(p.path(), &["init", "-q"]);
+    git(p.path(), &["add", "-A"]);
+    git(p.path(), &["commit", "-qm", "app"]);
+    Some((dep, p))
+}
+
+fn restored(v: &serde_json::Value) -> u64 {
+    v["steps"].as_array().unwrap().iter().map(|s| s["bytes_restored"].as_u64().unwrap()).sum()
+}
+
+#[test]
+fn an_elixir_project_with_git_deps_restored_into_a_fresh_checkout_is_a_no_op_from_then_on() {
+    let Some((_dep, p)) = mix_project(r#"outputs: ["_build/test/lib/app/.mix/.mix_test_failures"],"#) else { return };
+    let r = p.run(BUILD).ok();
+    assert!(!r.stderr.contains("wrote into the outputs"), "declared: {}", r.stderr);
+    let mix_lock = p.read("mix.lock");
+    assert!(mix_lock.contains("tag: \"v0.1.0\""), "{mix_lock}");
+    // A fresh checkout of the same commit, sharing the store.
+    let clone = tempfile::tempdir().unwrap();
+    let co = clone.path().join("co");
+    let out = std::process::Command::new("git").arg("clone").arg("-q").arg(p.path()).arg(&co).output().unwrap();
+    assert!(out.status.success());
+    let q = Project::at(clone);
+    let cache = p.path().join("cache");
+    let args = ["build", "-p", "co/pipelines/test.ron", "--cache-dir", cache.to_str().unwrap(), "--summary", "json"];
+    let first = q.run(&args).ok().json();
+    assert!(first["steps"].as_array().unwrap().iter().all(|s| s["status"] == "hit-local"), "{first}");
+    assert!(restored(&first) > 0);
+    for n in 2..=3 {
+        let v = q.run(&args).ok().json();
+        assert_eq!(restored(&v), 0, "run {n} restored something: {v}");
+    }
+    // git objects came back read-only, as git wrote them.
+    let obj = walkdir::WalkDir::new(co.join("deps/dep/.git/objects"))
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file())
+        .expect("the git dependency's objects");
+    assert_eq!(obj.metadata().unwrap().permissions().mode() & 0o222, 0, "{}", obj.path().display());
+    // mix itself finds nothing to compile.
+    let mix =
+        std::process::Command::new("mix").arg("compile").env("MIX_ENV", "test").current_dir(&co).output().unwrap();
+    let said = String::from_utf8_lossy(&mix.stdout).to_string() + &String::from_utf8_lossy(&mix.stderr);
+    assert!(mix.status.success() && !said.contains("Compiling"), "mix compile recompiled: {said}");
+    let v = q.run(&args).ok().json();
+    assert_eq!(restored(&v), 0, "{v}");
+}
+
+#[test]
+fn a_step_writing_into_another_steps_outputs_is_named_and_restores_them_once() {
+    let Some((_dep, p)) = mix_project("") else { return };
+    let r = p.run(BUILD).ok();
+    assert!(
+        r.stderr.contains(
+            "step `test` wrote into the outputs of step `compile`: _build/test/lib/app/.mix/.mix_test_failures"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = p.run(BUILD).ok();
+    assert!(
+        r.stderr.contains("restored _build/: _build/test/lib/app/.mix/.mix_test_failures was added"),
+        "{}",
+        r.stderr
+    );
+    for _ in 0..2 {
+        assert_eq!(restored(&summary(&p, &[])), 0);
+    }
+}

@@ -49,6 +49,11 @@ impl Project {
         Project { dir: tempfile::tempdir().expect("tempdir"), env: Vec::new() }
     }
 
+    /// A project in an existing directory.
+    pub fn at(dir: tempfile::TempDir) -> Project {
+        Project { dir, env: Vec::new() }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
