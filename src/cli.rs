@@ -87,6 +87,9 @@ pub struct DeployCli {
     pub approval: Option<String>,
     #[command(flatten)]
     pub ledger: RemoteEndpoint,
+    /// With `history`: the runs and their events as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The remote: its URL, token and namespace. It holds the shared cache and, when it is
@@ -108,7 +111,7 @@ pub struct RemoteEndpoint {
 pub enum DeployCommand {
     Start(DeployArgs),
     Resume(DeployArgs),
-    History { env: String, pipeline: PipelineArg, store: StoreArg, ledger: RemoteEndpoint },
+    History { env: String, pipeline: PipelineArg, store: StoreArg, ledger: RemoteEndpoint, json: bool },
 }
 
 #[derive(Debug, Clone)]

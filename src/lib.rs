@@ -112,6 +112,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
                     pipeline: d.pipeline.clone(),
                     store: d.store.clone(),
                     ledger: d.ledger.clone(),
+                    json: d.json,
                 },
                 (env, None) if env != "resume" && env != "history" => cli::DeployCommand::Start(args(env.to_string())),
                 _ => {

@@ -99,6 +99,10 @@ const MIGRATIONS: &[&str] = &[
     // branch's).
     "CREATE TABLE last_keys (root TEXT NOT NULL, step TEXT NOT NULL, key TEXT NOT NULL, at INTEGER NOT NULL,
         PRIMARY KEY (root, step));",
+    // 11: what happened to each deploy run, in order (started, halted and why, resumed,
+    // finished): a run's row holds only its latest result.
+    "CREATE TABLE deploy_events (run_id TEXT NOT NULL, at INTEGER NOT NULL, event TEXT NOT NULL, detail TEXT NOT NULL);
+     CREATE INDEX deploy_events_run ON deploy_events(run_id, at);",
 ];
 
 fn encode_stat_cache(map: &HashMap<String, StatEntry>) -> Vec<u8> {

@@ -130,6 +130,13 @@ impl S3 {
         }
     }
 
+    pub async fn delete(&self, ns: &str, name: &str) -> Result<(), String> {
+        match self.store.delete(&self.path(ns, name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Write-once put.
     pub async fn put_once(&self, ns: &str, name: &str, data: Vec<u8>) -> Result<Put, String> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };

@@ -204,6 +204,17 @@ pub struct RunRow {
     pub result: String,
     pub halt_reason: String,
     pub break_glass: String,
+    /// What happened, in order: `started`, `halted` (with its reason), `resumed`,
+    /// `succeeded` ... (absent from older ledgers).
+    #[serde(default)]
+    pub events: Vec<RunEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
 }
 
 /// Waiters that stopped polling for this long have left the line.
@@ -352,6 +363,17 @@ fn apply_in(i: &Index, op: &Op, now: i64) -> Result<Value, IndexError> {
             Value::Null
         }
         Op::RunResult { id, result, halt_reason, finished } => {
+            let before = i.rows("SELECT result FROM deploy_runs WHERE id = ?1", &[id])?;
+            let before = before.first().and_then(|r| r.first()).cloned().unwrap_or_default();
+            let event = match (finished, before.as_str()) {
+                (false, "halted") => "resumed".to_string(),
+                (false, _) => "started".to_string(),
+                (true, _) => result.clone(),
+            };
+            i.exec(
+                "INSERT INTO deploy_events (run_id, at, event, detail) VALUES (?1, ?2, ?3, ?4)",
+                &[id, &now, &event, halt_reason],
+            )?;
             if *finished {
                 i.exec(
                     "UPDATE deploy_runs SET result = ?2, halt_reason = ?3, finished_at = ?4 WHERE id = ?1",
@@ -377,9 +399,14 @@ fn apply_in(i: &Index, op: &Op, now: i64) -> Result<Value, IndexError> {
                 "SELECT id, who, release, started_at, result, COALESCE(halt_reason, ''), COALESCE(break_glass, '') FROM deploy_runs WHERE env = ?1 ORDER BY started_at DESC, id DESC",
                 &[env],
             )?;
-            let rows: Vec<RunRow> = rows
-                .into_iter()
-                .map(|r| RunRow {
+            let mut out: Vec<RunRow> = Vec::with_capacity(rows.len());
+            for r in rows {
+                let events = i
+                    .rows("SELECT at, event, detail FROM deploy_events WHERE run_id = ?1 ORDER BY at, rowid", &[&r[0]])?
+                    .into_iter()
+                    .map(|e| RunEvent { at: int(&e[0]), event: e[1].clone(), detail: e[2].clone() })
+                    .collect();
+                out.push(RunRow {
                     id: r[0].clone(),
                     who: r[1].clone(),
                     release: r[2].clone(),
@@ -387,9 +414,10 @@ fn apply_in(i: &Index, op: &Op, now: i64) -> Result<Value, IndexError> {
                     result: r[4].clone(),
                     halt_reason: r[5].clone(),
                     break_glass: r[6].clone(),
-                })
-                .collect();
-            json!(rows)
+                    events,
+                });
+            }
+            json!(out)
         }
         Op::Journal { run_id, phase, what, state, detail } => {
             i.exec(

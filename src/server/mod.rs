@@ -95,15 +95,19 @@ fn namespace(q: &HashMap<String, String>) -> Result<String, Response> {
         .or_else(|| q.get("team"))
         .cloned()
         .unwrap_or_else(|| "default".into());
-    let ok = !ns.is_empty()
-        && ns.len() <= 100
-        && ns != "."
-        && ns != ".."
+    // A namespace is a directory of the store: it must start with a letter or digit, so no
+    // token (not even `*`) can name the server's own `.tmp/`, `.ledger/` or `.steps/`.
+    let ok = ns.len() <= 100
+        && ns.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
         && ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(ns)
     } else {
-        Err(error(StatusCode::BAD_REQUEST, "bad_request", "invalid team or slug"))
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid team or slug: letters, digits, `-`, `_` and `.`, starting with a letter or digit",
+        ))
     }
 }
 
@@ -375,6 +379,29 @@ async fn receive(st: &AppState, mut body: Body, tmp: &Path) -> Result<(u64, Stri
     Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
+/// A body whose metadata never came: published (linked) longer ago than any publication
+/// takes, so not one in progress.
+fn orphaned(body: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(body) else { return false };
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    now - m.ctime() > 5
+}
+
+fn file_digest(p: &Path) -> Option<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(p).ok()?).ok()?;
+    Some(h.finalize().to_hex().to_string())
+}
+
+/// Write an artifact's metadata atomically (beside the staged body, then renamed).
+fn write_meta(meta_path: &Path, tmp: &Path, meta: &Meta) -> std::io::Result<()> {
+    let meta_tmp = tmp.with_extension("meta-repair");
+    std::fs::write(&meta_tmp, serde_json::to_vec(meta).expect("meta serialises"))?;
+    std::fs::File::open(&meta_tmp).and_then(|f| f.sync_all())?;
+    std::fs::rename(&meta_tmp, meta_path)
+}
+
 /// Make a staged body visible, write-once.
 fn publish(st: &AppState, ns: &str, hash: &str, tmp: &Path, meta: &Meta) -> Result<(), Response> {
     let internal = |e: std::io::Error| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("storage: {e}"));
@@ -390,6 +417,15 @@ fn publish(st: &AppState, ns: &str, hash: &str, tmp: &Path, meta: &Meta) -> Resu
             None => Err(error(StatusCode::CONFLICT, "conflict", "this artifact is being written by another upload")),
         }
     };
+    if body_path.exists() && read_meta(&meta_path).is_none() && orphaned(&body_path) {
+        // A server that died between publishing a body and its metadata left the body alone:
+        // the same bytes get their metadata now; other bytes replace the orphan.
+        if file_digest(&body_path).as_deref() == Some(meta.digest.as_str()) {
+            write_meta(&meta_path, tmp, meta).map_err(internal)?;
+            return Ok(());
+        }
+        std::fs::remove_file(&body_path).map_err(internal)?;
+    }
     if body_path.exists() {
         return conflict_or_same();
     }
@@ -436,6 +472,21 @@ async fn publish_s3(s3: &crate::cache::s3::S3, ns: &str, hash: &str, tmp: &Path,
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match existing {
                 Some(m) if m.digest == meta.digest => Ok(()),
+                // The body without its metadata: a server died between the two puts.
+                None => {
+                    let body = s3.get(ns, hash).await.map_err(storage)?;
+                    if body.is_some_and(|b| blake3::hash(&b).to_hex().as_str() == meta.digest) {
+                        let m = serde_json::to_vec(meta).expect("meta serialises");
+                        s3.put_once(ns, &format!("{hash}.meta"), m).await.map_err(storage)?;
+                        return Ok(());
+                    }
+                    s3.delete(ns, hash).await.map_err(storage)?;
+                    let data = tokio::fs::read(tmp).await.map_err(|e| storage(e.to_string()))?;
+                    s3.put_once(ns, hash, data).await.map_err(storage)?;
+                    let m = serde_json::to_vec(meta).expect("meta serialises");
+                    s3.put_once(ns, &format!("{hash}.meta"), m).await.map_err(storage)?;
+                    Ok(())
+                }
                 _ => Err(error(
                     StatusCode::CONFLICT,
                     "conflict",
@@ -580,6 +631,11 @@ fn scan(store: &Path) -> Lru {
         }
         for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
             let fname = f.file_name().to_string_lossy().to_string();
+            if !fname.ends_with(".meta") && !ns.path().join(format!("{fname}.meta")).exists() {
+                // A body whose metadata a crash never wrote: no client can fetch it.
+                let _ = std::fs::remove_file(f.path());
+                continue;
+            }
             if let Some(hash) = fname.strip_suffix(".meta") {
                 if let (Some(meta), Ok(m)) = (read_meta(&f.path()), f.metadata()) {
                     let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -620,10 +676,26 @@ pub fn serve(opts: ServeOptions, ready: impl FnOnce(SocketAddr)) -> std::io::Res
         ready(addr);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut backoff = Duration::from_millis(0);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let stream = match accepted {
+                        Ok((stream, _)) => {
+                            backoff = Duration::from_millis(0);
+                            stream
+                        }
+                        Err(e) => {
+                            // Out of file descriptors (or memory): accepting again at once
+                            // would spin. Back off, up to a second, and say so once a spell.
+                            if backoff.is_zero() {
+                                eprintln!("cairn serve: cannot accept connections ({e}); backing off");
+                            }
+                            backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    };
                     let service = hyper_util::service::TowerToHyperService::new(app.clone());
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())

@@ -179,6 +179,21 @@ fn a_failing_region_halts_rolls_back_and_resume_continues_there() {
         ["deploy automata-signal-fra", "deploy automata-signal-syd", "ssh console automata-signal-nrt"],
         "resumed at fra; nrt not redeployed"
     );
+    // The halt stays on record after the resume, in order, with RFC 3339 times.
+    let h = p.run_with(&["deploy", "history", "production", "-p", "pipelines/test.ron"], &[("TZ", "UTC")]).ok().stdout;
+    let (halted, resumed, done) = (h.find("halted: deploy to fra failed"), h.find("resumed"), h.rfind("succeeded"));
+    assert!(halted.is_some() && halted < resumed && resumed < done, "{h}");
+    assert!(h.contains("T") && h.contains("Z  halted"), "RFC 3339 in the machine's zone: {h}");
+    let h = p
+        .run_with(&["deploy", "history", "production", "-p", "pipelines/test.ron"], &[("TZ", "Asia/Tokyo")])
+        .ok()
+        .stdout;
+    assert!(h.contains("+09:00"), "{h}");
+    let j = p.run(&["deploy", "history", "production", "-p", "pipelines/test.ron", "--json"]).ok().json();
+    let events: Vec<&str> = j[0]["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["started", "halted", "resumed", "succeeded"], "{j}");
+    assert_eq!(j[0]["result"], "succeeded");
+    assert!(j[0]["events"][1]["detail"].as_str().unwrap().contains("deploy to fra failed"), "{j}");
 }
 
 #[test]
@@ -596,7 +611,7 @@ fn runners_sharing_a_server_share_the_lease_approvals_and_journal() {
         "resumed at fra on the other runner"
     );
     let h = a.run(&["deploy", "history", "production", "-p", "pipelines/test.ron"]).ok().stdout;
-    assert_eq!(h.lines().filter(|l| l.contains("succeeded")).count(), 3, "{h}");
+    assert_eq!(h.lines().filter(|l| !l.starts_with(' ') && l.contains("succeeded")).count(), 3, "{h}");
     assert!(h.contains("by runner-a") && h.contains("by runner-b"), "{h}");
     let h = a.run_with(&["deploy", "history", "production", "-p", "pipelines/test.ron"], &local).ok().stdout;
     assert!(h.contains("no deploys"), "nothing was kept locally: {h}");

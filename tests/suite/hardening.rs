@@ -717,3 +717,117 @@ fn a_step_writing_into_another_steps_outputs_is_named_and_restores_them_once() {
         assert_eq!(restored(&summary(&p, &[])), 0);
     }
 }
+
+// ---- 10. the server ---------------------------------------------------------------------------
+
+fn http(addr: &str, req: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn put(addr: &str, ns: &str, hash: &str, token: &str, body: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "PUT /v8/artifacts/{hash}?slug={ns} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn get(addr: &str, ns: &str, hash: &str, token: &str) -> String {
+    http(
+        addr,
+        &format!("GET /v8/artifacts/{hash}?slug={ns} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"),
+    )
+}
+
+#[test]
+fn no_token_can_address_the_servers_own_directories() {
+    let store = tempfile::tempdir().unwrap();
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "write * root-token-0123456789").unwrap();
+    let mut child = std::process::Command::new(crate::util::cairn_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+        .arg(store.path())
+        .arg("--tokens")
+        .arg(tokens.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    for ns in [".tmp", ".ledger", ".steps", "..", ".", ".hidden", "-x"] {
+        let r = put(&addr, ns, "abc", "root-token-0123456789", "evil");
+        assert!(r.starts_with("HTTP/1.1 400"), "{ns}: {r}");
+        let r = get(&addr, ns, "abc", "root-token-0123456789");
+        assert!(r.starts_with("HTTP/1.1 400"), "{ns}: {r}");
+    }
+    assert!(put(&addr, "team.a", "abc", "root-token-0123456789", "fine").starts_with("HTTP/1.1 202"));
+    let _ = child.kill();
+    let _ = child.wait();
+    for dir in [".tmp", ".ledger", ".steps"] {
+        let stray: Vec<_> = std::fs::read_dir(store.path().join(dir)).into_iter().flatten().flatten().collect();
+        assert!(stray.is_empty(), "{dir}: {stray:?}");
+    }
+}
+
+/// A server killed between publishing a body and its metadata leaves the body alone: the key
+/// must not answer 409 for ever.
+#[test]
+fn a_body_left_without_metadata_by_a_crash_does_not_block_its_key() {
+    let store = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(store.path().join("demo")).unwrap();
+    std::fs::write(store.path().join("demo/deadbeef"), "half-published").unwrap();
+    let server = Server::start_in(store, &[]);
+    let r = put(&server.addr(), "demo", "deadbeef", WRITER, "the real thing");
+    assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+    let r = get(&server.addr(), "demo", "deadbeef", WRITER);
+    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("the real thing"), "{r}");
+}
+
+/// Out of file descriptors, the accept loop backs off instead of spinning a core, and serves
+/// again once descriptors are free.
+#[test]
+fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    let store = tempfile::tempdir().unwrap();
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "write demo {WRITER}").unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64; exec {} serve --listen 127.0.0.1:0 --store {} --tokens {}",
+            crate::util::cairn_bin().display(),
+            store.path().display(),
+            tokens.path().display()
+        ))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let held: Vec<_> = (0..100).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu(child.id()) - before; // clock ticks, 100 a second
+    assert!(used < 30, "the server burned {used} ticks in a second with no descriptors left");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = get(&addr, "demo", "nothing", WRITER);
+    assert!(r.starts_with("HTTP/1.1 404"), "serves again: {r}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
