@@ -237,9 +237,19 @@ impl Index {
     /// migrations; every write fails, which callers treat as a warning.
     pub fn open_read_only(path: &Path) -> Result<Index, IndexError> {
         use rusqlite::OpenFlags;
-        let uri = format!("file:{}?immutable=1", path.display());
-        let conn = Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
-            .map_err(ctx("open read-only"))?;
+        // Read-only with its write-ahead log (whose index file the store keeps), so the newest
+        // entries are seen; failing that (no -shm to read), the database file alone, immutable.
+        let plain = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .filter(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_ok());
+        let conn = match plain {
+            Some(c) => c,
+            None => {
+                let uri = format!("file:{}?immutable=1", path.display());
+                Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(ctx("open read-only"))?
+            }
+        };
         let idx = Index { conn };
         if idx.schema_version() != MIGRATIONS.len() as i64 {
             return Err(IndexError {

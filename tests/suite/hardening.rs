@@ -831,3 +831,47 @@ fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A store on a read-only mount: hits are restored, nothing is stored, one warning. (A
+/// read-only bind mount needs root, which CI has.)
+#[test]
+fn a_read_only_store_restores_hits_and_stores_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_read_only_store_restores_hits_and_stores_nothing: a read-only bind mount needs root");
+        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+        return;
+    }
+    let p = Project::new().pipeline(
+        r#"Pipeline(name: "ro", steps: {
+             "a": (run: "echo a > a.txt", outputs: ["a.txt"]),
+             "b": (run: "cat a.txt > b.txt", needs: ["a"], inputs: ["src/**"], outputs: ["b.txt"]),
+           })"#,
+    );
+    p.write("src/x", "1");
+    p.run(BUILD).ok();
+    let ro = tempfile::tempdir().unwrap();
+    let mount = |args: &[&str]| assert!(std::process::Command::new("mount").args(args).status().unwrap().success());
+    let (src, dst) = (p.path().join("cache"), ro.path().to_path_buf());
+    mount(&["--bind", src.to_str().unwrap(), dst.to_str().unwrap()]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(dst.clone());
+    mount(&["-o", "remount,ro,bind", dst.to_str().unwrap()]);
+    std::fs::remove_file(p.path().join("a.txt")).unwrap();
+    p.write("src/x", "2"); // b must run; a is a hit
+    let r =
+        p.run(&["build", "-p", "pipelines/test.ron", "--cache-dir", dst.to_str().unwrap(), "--summary", "json"]).ok();
+    assert_eq!(r.stderr.matches("read-only").count(), 1, "one warning: {}", r.stderr);
+    let v = r.json();
+    assert_eq!(step(&v, "a")["status"], "hit-local");
+    assert_eq!(step(&v, "b")["status"], "ran");
+    assert_eq!(p.read("a.txt"), "a\n");
+    let r =
+        p.run(&["build", "-p", "pipelines/test.ron", "--cache-dir", dst.to_str().unwrap(), "--summary", "json"]).ok();
+    assert_eq!(step(&r.json(), "b")["status"], "ran", "nothing was stored");
+}
