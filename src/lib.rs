@@ -49,16 +49,18 @@ macro_rules! eprint {
     }};
 }
 
+// The pure core lives in its own crate (crates/cairn-core); its modules keep their paths.
+pub use cairn_core::{events, keys, model, plan};
+
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod inputs;
-pub mod keys;
-pub mod model;
-pub mod plan;
+pub mod interrupt;
 pub mod report;
 pub mod server;
 

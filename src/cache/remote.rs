@@ -114,7 +114,7 @@ pub fn copy_bounded(
             Err(RecvTimeoutError::Disconnected) => return Ok(total),
             Err(RecvTimeoutError::Timeout) => {}
         }
-        if crate::exec::process::interrupted() {
+        if crate::interrupt::interrupted() {
             return Err(RemoteError::Unavailable("interrupted".into()));
         }
         let now = std::time::Instant::now();

@@ -92,7 +92,7 @@ impl S3 {
         let started = std::time::Instant::now();
         let (mut window_start, mut window_bytes) = (started, 0u64);
         loop {
-            if crate::exec::process::interrupted() {
+            if crate::interrupt::interrupted() {
                 return Err("interrupted".into());
             }
             match tokio::time::timeout(limits.idle, stream.next()).await {

@@ -32,7 +32,9 @@ pub fn keys(cmd: &KeysCommand) -> Result<(), Error> {
             if name.is_empty() || name.contains(':') {
                 return Err(Error::Usage("error: --name must be non-empty and contain no `:`".into()));
             }
-            let secret = crate::keys::Secret::generate(name).map_err(|e| Error::Io(format!("error: {e}")))?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| Error::Io(format!("error: no randomness: {e}")))?;
+            let secret = crate::keys::Secret::from_seed(name, seed);
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let mut f =

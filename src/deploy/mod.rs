@@ -112,23 +112,21 @@ pub fn actor() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// The release name: blake3 over required step keys, the rendered deploy configuration and
-/// secret names (never values).
-pub fn release_hash(env_name: &str, keys: &BTreeMap<String, String>, plan: &EnvPlan) -> String {
-    let config = serde_json::json!({
-        "environment": env_name,
-        "keys": keys,
-        "strategy": plan.strategy,
-        "regions": plan.regions,
-        "phases": plan.phases,
-        "migration": plan.migration,
-        "secrets": plan.secrets,
-    });
-    blake3::hash(config.to_string().as_bytes()).to_hex()[..16].to_string()
+// ---------------------------------------------------------------------------------------------
+// Gates: the verdicts are pure (`cairn_core::gates`); here they get the clock, the system's
+// time zones and the ledger.
+
+pub use cairn_core::gates::{branch_allowed, parse_rfc3339, release_hash};
+
+/// Is `at_unix` inside one of the windows? (`None`: no windows, always open.)
+pub fn window_open(env: &Environment, at_unix: i64) -> Result<Option<bool>, String> {
+    cairn_core::gates::window_open(env, at_unix, &tz_offset_minutes)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Gates
+/// Why the environment is closed at `now_unix` (windows, freezes); empty when open.
+pub fn closed_now(env: &Environment, now_unix: i64) -> Result<Vec<String>, String> {
+    cairn_core::gates::closed_now(env, now_unix, &tz_offset_minutes)
+}
 
 /// Minutes east of UTC for a window's time zone (IANA names are asked of the system's zoneinfo).
 pub fn tz_offset_minutes(tz: &str, at_unix: i64) -> Option<i32> {
@@ -149,66 +147,6 @@ pub fn tz_offset_minutes(tz: &str, at_unix: i64) -> Option<i32> {
     let h: i32 = s[1..3].parse().ok()?;
     let m: i32 = s[3..5].parse().ok()?;
     Some(sign * (h * 60 + m))
-}
-
-/// Is `at_unix` inside one of the windows? (`None`: no windows, always open.)
-pub fn window_open(env: &Environment, at_unix: i64) -> Result<Option<bool>, String> {
-    if env.windows.is_empty() {
-        return Ok(None);
-    }
-    for w in &env.windows {
-        let off =
-            tz_offset_minutes(&w.timezone, at_unix).ok_or_else(|| format!("unknown time zone `{}`", w.timezone))?;
-        let local = at_unix + i64::from(off) * 60;
-        let minutes = (local.rem_euclid(86_400) / 60) as u32;
-        // 1970-01-01 was a Thursday.
-        let weekday = ((local.div_euclid(86_400) + 3).rem_euclid(7)) as usize; // 0 = Monday
-        let day = [
-            crate::model::Weekday::Mon,
-            crate::model::Weekday::Tue,
-            crate::model::Weekday::Wed,
-            crate::model::Weekday::Thu,
-            crate::model::Weekday::Fri,
-            crate::model::Weekday::Sat,
-            crate::model::Weekday::Sun,
-        ][weekday];
-        let (start, end) = (
-            crate::model::validate::parse_hhmm(&w.start).unwrap_or(0),
-            crate::model::validate::parse_hhmm(&w.end).unwrap_or(0),
-        );
-        if w.days.contains(&day) && minutes >= start && minutes < end {
-            return Ok(Some(true));
-        }
-    }
-    Ok(Some(false))
-}
-
-/// Parse an RFC 3339 instant to unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    if !crate::model::validate::looks_rfc3339(s) {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let tail = s[19..].trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
-    let off = if tail == "Z" {
-        0
-    } else {
-        let m = crate::model::validate::parse_hhmm(&tail[1..])? as i64;
-        if tail.starts_with('-') {
-            -m
-        } else {
-            m
-        }
-    };
-    Some(days * 86_400 + h * 3600 + mi * 60 + se - off * 60)
 }
 
 pub struct GateInput<'a> {
@@ -245,19 +183,11 @@ pub fn approval_state(
             return Ok(Err("no signed approval for this release".to_string()));
         }
     }
-    let now = now_ms();
-    let valid = rows.iter().find(|r| {
-        r.expires_at > now && a.reviewers.contains(&r.approver) && (a.allow_self_approval || r.approver != actor)
-    });
-    Ok(match valid {
-        Some(r) => Ok(format!("approved by {} ({})", r.approver, r.comment)),
-        None if rows.is_empty() => Err("no approval for this release".to_string()),
-        None if rows.iter().all(|r| r.expires_at <= now) => Err("its approval has expired".to_string()),
-        None if rows.iter().any(|r| r.approver == actor) && !a.allow_self_approval => {
-            Err(format!("{actor} may not approve their own deploy"))
-        }
-        None => Err("no approval from a designated reviewer".to_string()),
-    })
+    let rows: Vec<cairn_core::gates::Approval> = rows
+        .into_iter()
+        .map(|r| cairn_core::gates::Approval { approver: r.approver, expires_at: r.expires_at, comment: r.comment })
+        .collect();
+    Ok(cairn_core::gates::approval_verdict(a, &rows, actor, now_ms()))
 }
 
 /// An approval signed by a reviewer's key, carried to CI as a token:
@@ -333,27 +263,6 @@ pub fn accept_signed_approval(
 
 /// Why the environment is closed for deploys at `now_unix` (outside every window, in a
 /// freeze); empty when open.
-pub fn closed_now(env: &Environment, now_unix: i64) -> Result<Vec<String>, String> {
-    let mut closed = Vec::new();
-    if window_open(env, now_unix)? == Some(false) {
-        closed.push("outside its deploy windows".to_string());
-    }
-    for f in &env.freezes {
-        if let (Some(from), Some(until)) = (parse_rfc3339(&f.from), parse_rfc3339(&f.until)) {
-            if now_unix >= from && now_unix < until {
-                closed.push(format!("in a freeze ({})", f.reason));
-            }
-        }
-    }
-    Ok(closed)
-}
-
-/// Whether the environment deploys from `branch` (no branch policy: any).
-pub fn branch_allowed(env: &Environment, branch: Option<&str>) -> bool {
-    env.branches.is_empty()
-        || branch.is_some_and(|b| env.branches.iter().any(|p| crate::plan::trigger::branch_matches(p, b)))
-}
-
 /// Check every gate; `Err` says which is closed and what to do.
 pub fn check_gates(ledger: &Ledger, g: &GateInput) -> Result<Vec<String>, DeployError> {
     let mut notes = Vec::new();

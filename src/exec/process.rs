@@ -7,37 +7,14 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a command gets to exit after SIGTERM when the run is interrupted, before SIGKILL.
 pub const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
-/// Set by SIGINT/SIGTERM; every waiting loop checks it.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // A second Ctrl-C means now: skip the orderly stop.
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Route SIGINT and SIGTERM to [`INTERRUPTED`]. Children run in their own process groups, so
-/// a terminal's Ctrl-C reaches only cairn, which then stops them.
-pub fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::interrupt::{install_signal_handlers, interrupted, INTERRUPTED};
 
 /// Environment names every step gets from cairn's own environment.
 pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TERM", "TMPDIR", "SHELL", "TZ"];

@@ -78,7 +78,7 @@ impl WorkspaceLock {
             on_wait(&who);
             let started = Instant::now();
             loop {
-                if super::process::interrupted() {
+                if crate::interrupt::interrupted() {
                     return Err(LockError::Interrupted);
                 }
                 std::thread::sleep(Duration::from_millis(if started.elapsed() < Duration::from_secs(2) {
@@ -95,7 +95,7 @@ impl WorkspaceLock {
         let info = format!(
             "pid {}, started {}, `{}`",
             std::process::id(),
-            crate::report::rfc3339_local(crate::cache::now_ms()),
+            crate::clock::rfc3339_local(crate::clock::now_ms()),
             args.join(" ")
         );
         let _ = f.set_len(0);

@@ -92,15 +92,7 @@ pub struct WalkOptions {
     pub threads: usize,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ScanStats {
-    pub files: u64,
-    pub hashed: u64,
-    pub reused: u64,
-    pub bytes_hashed: u64,
-    /// The scan journal was replayed (no walk).
-    pub replayed: bool,
-}
+pub use cairn_core::events::ScanStats;
 
 /// The result of one scan.
 #[derive(Debug, Default)]

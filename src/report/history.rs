@@ -29,7 +29,7 @@ pub fn step_stats(runs: &[RunSummary]) -> Vec<StepStats> {
             if st.status.is_hit() {
                 e.hits += 1;
                 e.saved_ms += st.saved_ms;
-            } else if matches!(st.status, crate::exec::Status::Ran | crate::exec::Status::Failed) {
+            } else if matches!(st.status, crate::events::Status::Ran | crate::events::Status::Failed) {
                 e.misses += 1;
                 e.run_ms += st.duration_ms;
                 *e.reasons.entry(st.reason.clone()).or_default() += 1;

@@ -2,16 +2,15 @@
 //! versioned [`RunSummary`] → renderers (terminal table, JSON). Renderers only read the
 //! summary, never executor state.
 
-use crate::exec::{BuildOutcome, Status, StepReport};
+use crate::events::{BuildOutcome, Status, StepReport};
 use crate::plan::Graph;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
 pub mod history;
 pub mod render;
-pub mod time;
-
-pub use time::{rfc3339, rfc3339_local};
+pub use crate::clock::rfc3339_local;
+pub use cairn_core::time::rfc3339;
 
 /// Bump when the summary's JSON shape changes incompatibly.
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;

@@ -6,7 +6,7 @@
 //! here can see a secret.
 
 use super::{bytes, ms, RunSummary};
-use crate::exec::Status;
+use crate::events::Status;
 use std::fmt::Write;
 
 fn esc(s: &str) -> String {

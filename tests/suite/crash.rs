@@ -2,7 +2,7 @@
 //! runs a step and stores its outputs. Afterwards `cairn cache verify` is clean and every
 //! entry that was committed restores exactly the bytes that step produced.
 
-use crate::util::{cairn_bin, Project};
+use crate::util::Project;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ const PIPELINE: &str = r#"Pipeline(
 )"#;
 
 fn build(p: &Project) -> std::process::Child {
-    Command::new(cairn_bin())
+    crate::util::cairn()
         .args(["build", "-q", "-p", "pipelines/test.ron"])
         .current_dir(p.path())
         .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! Issue 7: gated, region-sequenced deploys, with a fake `flyctl` on PATH that records every
 //! call (and the token it saw) and fails on demand, and health endpoints on 127.0.0.1.
 
-use crate::util::{cairn_bin, Project};
+use crate::util::Project;
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -221,7 +221,7 @@ fn approvals_must_match_the_release_be_fresh_and_not_self_approved() {
     p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("echo ok", "echo ok2"));
     p.run(&["build", "-q", "-p", "pipelines/test.ron"]).ok();
     p.run(&["approve", "production", "-p", "pipelines/test.ron", "--by", "cto"]).ok();
-    let mut cmd = Command::new(cairn_bin());
+    let mut cmd = crate::util::cairn();
     cmd.args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
         .current_dir(p.path())
         .env("PATH", fly.path_env())
@@ -258,7 +258,7 @@ fn two_deploys_queue_and_a_killed_deploys_lease_expires() {
     let p = project(&fly, "");
     approve(&p);
     let spawn = || {
-        Command::new(cairn_bin())
+        crate::util::cairn()
             .args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
             .current_dir(p.path())
             .env("PATH", fly.path_env())
@@ -313,7 +313,7 @@ fn ctrl_c_never_cuts_a_phase_midway_and_the_rollout_resumes_after_it() {
     let fly = Fly::new("1");
     let p = project(&fly, "");
     approve(&p);
-    let child = Command::new(cairn_bin())
+    let child = crate::util::cairn()
         .args(["deploy", "production", "-p", "pipelines/test.ron", "--branch", "main"])
         .current_dir(p.path())
         .env("PATH", fly.path_env())

@@ -751,7 +751,7 @@ fn no_token_can_address_the_servers_own_directories() {
     let store = tempfile::tempdir().unwrap();
     let mut tokens = tempfile::NamedTempFile::new().unwrap();
     writeln!(tokens, "write * root-token-0123456789").unwrap();
-    let mut child = std::process::Command::new(crate::util::cairn_bin())
+    let mut child = crate::util::cairn()
         .args(["serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(store.path())
         .arg("--tokens")

@@ -1,3 +1,4 @@
+mod architecture;
 mod build;
 mod crash;
 mod deploy;

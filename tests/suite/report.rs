@@ -198,6 +198,9 @@ fn the_html_page_renders_in_headless_chromium() {
             std::env::var_os("CAIRN_SKIP_BROWSER").is_some(),
             "chromium is not installed (apt-get install chromium)"
         );
+        eprintln!(
+            "SKIPPED the_html_page_renders_in_headless_chromium: chromium is not installed (CAIRN_SKIP_BROWSER is set)"
+        );
         return;
     };
     let p = project(&canary());

@@ -30,6 +30,7 @@ fn moto(bucket: &str) -> Option<Moto> {
         Ok(c) => c,
         Err(_) => {
             assert!(std::env::var_os("CAIRN_SKIP_S3").is_some(), "moto_server not found: pip install 'moto[server]'");
+            eprintln!("SKIPPED: moto_server is not installed (CAIRN_SKIP_S3 is set)");
             return None;
         }
     };

@@ -1,7 +1,7 @@
 //! Issue 6: the seed's verify job for real — a real Elixir app, a real PostgreSQL service,
 //! secrets, toolchain requirements — plus service failure handling.
 
-use crate::util::{cairn_bin, repo_root, Project};
+use crate::util::{repo_root, Project};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ fn example() -> Option<Project> {
             std::env::var_os("CAIRN_SKIP_ELIXIR").is_some(),
             "Elixir and PostgreSQL are needed (apt-get install elixir postgresql)"
         );
+        eprintln!("SKIPPED: Elixir or PostgreSQL is not installed (CAIRN_SKIP_ELIXIR is set)");
         return None;
     }
     let p = Project::new();
@@ -114,7 +115,7 @@ fn no_postgres_is_left_after_a_failed_run_or_ctrl_c() {
         "defmodule SlowTest do\n  use ExUnit.Case\n\n  test \"slow\" do\n    Process.sleep(30_000)\n  end\nend\n",
     )
     .unwrap();
-    let mut child = Command::new(cairn_bin())
+    let mut child = crate::util::cairn()
         .args(["build", "-q", "-p", "pipelines/verify.ron"])
         .current_dir(p.path())
         .env("GITHUB_TOKEN", "ghp_exampleCanary0123456789")

@@ -34,6 +34,20 @@ pub fn cairn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
 
+/// The cairn binary as a command whose environment holds nothing of the developer's or CI's
+/// cairn setup: every `CAIRN_*`, `CI` and `GITHUB_*` variable is removed (a test sets what it
+/// needs), so a test passes or fails the same on a laptop, in CI and in GitHub Actions.
+pub fn cairn() -> Command {
+    let mut cmd = Command::new(cairn_bin());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CAIRN_") || k == "CI" || k.starts_with("GITHUB_") {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -95,8 +109,8 @@ impl Project {
 
     /// cairn with `args` in this project, with its environment, to spawn.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(cairn_bin());
-        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").env_remove("CAIRN_CACHE_DIR");
+        let mut cmd = cairn();
+        cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1");
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
@@ -112,5 +126,5 @@ pub fn to_run(out: Output) -> Run {
 
 /// Run cairn in the repository itself (for the shipped pipelines).
 pub fn in_repo(args: &[&str]) -> Run {
-    to_run(Command::new(cairn_bin()).args(args).current_dir(repo_root()).output().expect("run cairn"))
+    to_run(cairn().args(args).current_dir(repo_root()).output().expect("run cairn"))
 }

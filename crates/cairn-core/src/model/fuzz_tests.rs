@@ -59,8 +59,8 @@ fn arbitrary_bytes_never_panic() {
 #[test]
 fn mutated_pipelines_never_panic_and_errors_are_located() {
     let seeds = [
-        include_bytes!("../../pipelines/automata-signal.ron").as_slice(),
-        include_bytes!("../../pipelines/cairn.ron").as_slice(),
+        include_bytes!("../../../../pipelines/automata-signal.ron").as_slice(),
+        include_bytes!("../../../../pipelines/cairn.ron").as_slice(),
     ];
     let mut rng = Rng(42);
     let mut errors = 0;

@@ -1,7 +1,4 @@
-//! Times as people read them: RFC 3339 with the offset of the machine's time zone.
-//!
-//! [`rfc3339`] is pure (the offset is passed in); [`rfc3339_local`] asks the C library for
-//! the zone's offset at that instant (it follows `TZ`, and daylight saving time).
+//! Times as people read them: RFC 3339 with an offset the caller supplies.
 
 /// `2026-12-01T21:13:30+09:00` for `ms` milliseconds since the epoch, at `offset_s` seconds
 /// east of UTC (`Z` for UTC).
@@ -25,24 +22,6 @@ pub fn rfc3339(ms: i64, offset_s: i64) -> String {
         format!("{}{:02}:{:02}", if offset_s < 0 { '-' } else { '+' }, a / 3600, (a % 3600) / 60)
     };
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{zone}", secs / 3600, (secs % 3600) / 60, secs % 60)
-}
-
-/// The machine's UTC offset (seconds east) at `ms`.
-pub fn local_offset(ms: i64) -> i64 {
-    let t = ms.div_euclid(1000) as libc::time_t;
-    // SAFETY: localtime_r writes into the tm we pass; a zeroed tm is a valid initial value.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return 0;
-        }
-        tm.tm_gmtoff
-    }
-}
-
-/// [`rfc3339`] in the machine's time zone.
-pub fn rfc3339_local(ms: i64) -> String {
-    rfc3339(ms, local_offset(ms))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 const SECRET_PREFIX: &str = "cairn-ed25519-secret:";
 
 pub fn b64(data: &[u8]) -> String {
-    crate::exec::secrets::base64(data)
+    crate::encoding::base64(data)
 }
 
 pub fn unb64(s: &str) -> Option<Vec<u8>> {
@@ -59,10 +59,9 @@ pub struct Secret {
 }
 
 impl Secret {
-    pub fn generate(name: &str) -> Result<Secret, String> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
-        Ok(Secret { name: name.to_string(), key: SigningKey::from_bytes(&bytes) })
+    /// A key from 32 random bytes (the caller draws them: randomness is an effect).
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> Secret {
+        Secret { name: name.to_string(), key: SigningKey::from_bytes(&seed) }
     }
 
     pub fn parse(text: &str) -> Result<Secret, String> {
@@ -130,7 +129,7 @@ mod tests {
 
     #[test]
     fn sign_verify_round_trip() {
-        let s = Secret::generate("ci").unwrap();
+        let s = Secret::from_seed("ci", [7; 32]);
         let again = Secret::parse(&s.to_file_text()).unwrap();
         assert_eq!(again.public(), s.public());
         let t = Trusted::parse(&[s.public()]).unwrap();
@@ -139,7 +138,7 @@ mod tests {
         assert!(t.verify(Some(&sig), &msg).is_ok());
         assert!(t.verify(Some(&sig), &message("k", "TAMPERED", "o", 1, 2)).unwrap_err().contains("bad signature"));
         assert!(t.verify(None, &msg).is_err());
-        let other = Secret::generate("rogue").unwrap();
+        let other = Secret::from_seed("rogue", [9; 32]);
         assert!(t.verify(Some(&other.sign(&msg)), &msg).unwrap_err().contains("untrusted"));
         assert_eq!(unb64(&b64(b"hello!?")).unwrap(), b"hello!?");
     }
