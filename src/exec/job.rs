@@ -1,0 +1,514 @@
+//! One step on a worker: complete its key, look it up (locally, then remotely), restore the
+//! entry or run the command, check what it did (inputs unchanged, outputs produced, no secret
+//! in them, nothing written into other steps' outputs), pack and commit.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Job<'_> {
+    /// Remember outputs this job wrote whose fingerprint was recorded racy.
+    fn unsettled(&self, settles: Option<i64>, outputs_digest: &str) {
+        if let Some(at) = settles {
+            self.unsettled.lock().unwrap_or_else(|p| p.into_inner()).push((self.node, outputs_digest.into(), at));
+        }
+    }
+
+    pub(super) fn execute(&self) -> StepReport {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let t = Instant::now();
+        let key = self.manifest.key();
+        phase(0, t);
+        let start_ms = self.t0.elapsed().as_millis() as u64;
+        let mut report = StepReport {
+            name: node.name.clone(),
+            key: Some(key.clone()),
+            status: Status::Ran,
+            reasons: vec![],
+            detail: None,
+            duration_ms: 0,
+            saved_ms: 0,
+            bytes_restored: 0,
+            bytes_stored: 0,
+            start_ms,
+            end_ms: start_ms,
+            worker: self.worker,
+            warnings: vec![],
+            contribution: None,
+            missing_secret: None,
+        };
+        let has_outputs = !node.step.outputs.is_empty();
+        let prefix = format!("[{}]", node.name);
+        let mut pending = None;
+        if !node.step.cache {
+            report.reasons.push(DirtyReason::NotCacheable);
+        } else {
+            let t = Instant::now();
+            let lookup = b.store.lookup(&node.name, &key, &self.manifest);
+            phase(1, t);
+            match lookup {
+                Err(e) => {
+                    b.console.note(&format!("warning: {}: store lookup failed, running the step: {e}", node.name));
+                    report.warnings.push(format!("store lookup failed: {e}"));
+                    report.reasons.push(DirtyReason::StoreError { detail: e.to_string() });
+                }
+                Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
+                    match self.restore_hit(&entry, &mut report, Status::HitLocal, &prefix) {
+                        Ok(()) => return report,
+                        Err(e) => {
+                            report.reasons.push(DirtyReason::Corrupt { detail: e.clone() });
+                            b.console
+                                .note(&format!("warning: {}: stored entry unusable, running again: {e}", node.name));
+                            match b.store.lookup(&node.name, &key, &self.manifest) {
+                                Ok(Lookup::Miss(p, _)) => pending = Some(p),
+                                _ => report.warnings.push("could not re-open the entry after dropping it".into()),
+                            }
+                        }
+                    }
+                }
+                Ok(Lookup::Hit(_)) => {
+                    report.reasons.push(DirtyReason::Forced);
+                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned()));
+                }
+                Ok(Lookup::Miss(p, evicted)) => {
+                    report.reasons.extend(miss_reasons(b.store, &b.root, &node.name, &key, &self.manifest, evicted));
+                    if b.is_forced(self.node) {
+                        report.reasons.insert(0, DirtyReason::Forced);
+                        pending = Some(p);
+                    } else {
+                        match self.try_remote(&key, p, &mut report, &prefix) {
+                            None => return report,
+                            Some(p) => pending = Some(p),
+                        }
+                    }
+                }
+            }
+        }
+
+        // Run it: only now are its secrets needed.
+        if let Some(e) = node.step.secrets.iter().find_map(|s| self.prepared.secret_errors.get(s)) {
+            report.status = Status::Failed;
+            report.detail = Some(e.lines().next().unwrap_or("a secret is missing").to_string());
+            report.missing_secret = Some(e.clone());
+            report.end_ms = self.t0.elapsed().as_millis() as u64;
+            return report;
+        }
+        let mut env = process::base_env(node.step.pass_env.iter().map(String::as_str));
+        env.extend(node.env.clone());
+        for s in &node.step.secrets {
+            if let Some(v) = self.prepared.secret_values.get(s) {
+                env.insert(s.clone(), v.clone());
+            }
+        }
+        let Some(_slot) = self.slots.acquire() else {
+            report.status = Status::Cancelled;
+            report.detail = Some("interrupted".into());
+            return report;
+        };
+        if let Some(p) = self.build.prefetch {
+            p.wrote(self.node);
+        }
+        report.start_ms = self.t0.elapsed().as_millis() as u64;
+        for svc in &node.step.services {
+            match self.services.acquire(svc) {
+                Ok(exports) => env.extend(exports),
+                Err(e) => {
+                    b.console.note(&format!("{prefix} {e}"));
+                    report.status = Status::Failed;
+                    report.detail = Some(e.lines().next().unwrap_or("service failed").to_string());
+                    report.end_ms = self.t0.elapsed().as_millis() as u64;
+                    return report;
+                }
+            }
+        }
+        let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
+        let started_ns = inputs::now_ns();
+        b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
+        let outcome = process::run(
+            &node.run,
+            &cwd,
+            &env,
+            node.step.timeout.map(|d| d.0),
+            &prefix,
+            b.console,
+            &self.prepared.masker,
+        );
+        report.end_ms = self.t0.elapsed().as_millis() as u64;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                report.status = Status::Failed;
+                report.detail = Some(format!("could not start `sh -c`: {e}"));
+                return report;
+            }
+        };
+        report.duration_ms = outcome.duration.as_millis() as u64;
+        match &outcome.exit {
+            Exit::Code(0) => {}
+            Exit::Interrupted => {
+                report.status = Status::Cancelled;
+                report.detail = Some("interrupted".into());
+                return report;
+            }
+            other => {
+                report.status = Status::Failed;
+                report.detail = Some(match other {
+                    Exit::Code(c) => format!("exited with status {c}"),
+                    Exit::Signal(s) => format!("killed by signal {s}"),
+                    Exit::TimedOut => {
+                        format!("timed out after {}", node.step.timeout.map(|d| d.to_string()).unwrap_or_default())
+                    }
+                    Exit::Interrupted => unreachable!("handled above"),
+                });
+                return report;
+            }
+        }
+        report.contribution = Some(Upstream::Key(key.clone()));
+        self.foreign_writes(&mut report, started_ns);
+        let Some(pending) = pending else {
+            return report;
+        };
+        if b.store.is_read_only() {
+            return report; // said once when the store was opened
+        }
+        if has_outputs && !node.step.secrets.is_empty() {
+            if let Some(refused) = self.secret_in_outputs(&mut report) {
+                if refused {
+                    return report;
+                }
+            }
+        }
+        // Inputs must not have changed while the step ran.
+        let t = Instant::now();
+        let inputs = &self.prepared.inputs[&self.node];
+        match inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()) {
+            Ok(after) if after.per_step[0] != self.manifest.inputs => {
+                let changed = super::reasons::changed_paths(&self.manifest.inputs, &after.per_step[0]);
+                let w = format!("inputs changed while the step ran ({}); the result is not stored", changed.join(", "));
+                b.console.note(&format!("warning: {}: {w}", node.name));
+                report.warnings.push(w);
+                return report;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                report.warnings.push(format!("could not re-check inputs ({e}); the result is not stored"));
+                return report;
+            }
+        }
+        timing("re-check inputs", t);
+        let logs: [(&str, &[u8]); 2] = [(archive::LOG_STDOUT, &outcome.stdout), (archive::LOG_STDERR, &outcome.stderr)];
+        let t = Instant::now();
+        let packed = archive::pack(&b.root, &node.outputs, &logs, &b.store.tmp_dir(), b.zstd_level);
+        timing("pack", t);
+        match packed {
+            Err(archive::ArchiveError::MissingOutput(o)) => {
+                report.status = Status::Failed;
+                report.detail = Some(format!("declared output `{o}` was not produced"));
+                report.contribution = None;
+            }
+            Err(e) => {
+                report.warnings.push(format!("could not store the result: {e}"));
+                b.console.note(&format!("warning: {}: could not store the result: {e}", node.name));
+            }
+            Ok(mut packed) => {
+                let tmp = packed.tmp_path.clone();
+                let fingerprint = packed.fingerprint.take();
+                let blob_size = packed.blob_size;
+                let t = Instant::now();
+                let committed = pending.commit(b.store, packed, report.duration_ms);
+                timing("commit", t);
+                match committed {
+                    Ok(entry) => {
+                        report.bytes_stored = blob_size;
+                        for (path, d) in &self.manifest.inputs {
+                            if crate::plan::lockfile::is_lockfile(path) {
+                                if let Ok(text) = std::fs::read_to_string(b.root.join(path)) {
+                                    b.store.save_snapshot(&d.digest, &text);
+                                }
+                            }
+                        }
+                        if let Some(remote) = &b.remote {
+                            remote.upload_later(
+                                &node.name,
+                                &self.manifest,
+                                &b.store.blob_path(&entry.blob),
+                                crate::cache::remote::UploadInfo {
+                                    blob_digest: entry.blob.clone(),
+                                    outputs_digest: entry.outputs_digest.clone(),
+                                    log_bytes: entry.log_bytes.max(0) as u64,
+                                    duration_ms: entry.duration_ms,
+                                    blob_size: entry.blob_size,
+                                },
+                            );
+                        }
+                        if has_outputs {
+                            let settles = b.store.record_packed(
+                                &b.root,
+                                &node.name,
+                                &node.outputs,
+                                &entry.outputs_digest,
+                                fingerprint.as_ref(),
+                            );
+                            self.unsettled(settles, &entry.outputs_digest);
+                            report.contribution = Some(Upstream::Outputs(entry.outputs_digest));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(tmp);
+                        report.warnings.push(format!("could not store the result: {e}"));
+                    }
+                }
+            }
+        }
+        report
+    }
+}
+
+impl Job<'_> {
+    /// Why a restored link may not lead to `rel` (relative to the root): no link may end on
+    /// a file some step reads, nor on a directory holding another step's inputs (a later
+    /// run writing through it would change sources). A directory of this step's own inputs
+    /// may be linked to: mix links `_build/*/lib/APP/priv` to the project's `priv/`.
+    fn protected(&self, rel: &str) -> Option<String> {
+        let g = self.build.graph;
+        let owners = self.prepared.input_owners.get_or_init(|| {
+            let mut m = BTreeMap::new();
+            for (&node, manifest) in &self.prepared.manifests {
+                for path in manifest.inputs.keys() {
+                    m.entry(path.clone()).or_insert(node);
+                }
+            }
+            m
+        });
+        if let Some(&owner) = owners.get(rel) {
+            return Some(format!("an input of step `{}`", g.nodes[owner].name));
+        }
+        let dir = format!("{}/", rel.trim_end_matches('/'));
+        let inside = |node: usize| {
+            self.prepared
+                .manifests
+                .get(&node)
+                .is_some_and(|m| m.inputs.range(dir.clone()..).next().is_some_and(|(p, _)| p.starts_with(&dir)))
+        };
+        // A directory of this step's own sources may be linked to (mix links
+        // `_build/*/lib/APP/priv` to `priv/`); one holding only other steps' inputs may not.
+        if inside(self.node) {
+            return None;
+        }
+        self.prepared
+            .manifests
+            .keys()
+            .copied()
+            .find(|&n| inside(n))
+            .map(|n| format!("a directory holding inputs of step `{}`", g.nodes[n].name))
+    }
+
+    /// Did the step write into the outputs of a step it needs (done earlier in this build)?
+    /// `mix test` writes `.mix_test_failures` into compile's `_build/test/`: said by name,
+    /// with the declaration that keeps the other step's outputs in place.
+    fn foreign_writes(&self, report: &mut StepReport, since_ns: i64) {
+        let b = self.build;
+        let g = b.graph;
+        let mut upstream = BTreeSet::new();
+        let mut stack = g.nodes[self.node].needs.clone();
+        while let Some(d) = stack.pop() {
+            if upstream.insert(d) {
+                stack.extend(g.nodes[d].needs.iter().copied());
+            }
+        }
+        for a in upstream {
+            let other = &g.nodes[a];
+            if other.step.outputs.is_empty() {
+                continue;
+            }
+            let Some(recorded) = b.store.installed_fingerprint(&b.root, &other.name) else { continue };
+            if inputs::outputs_fingerprint(&b.root, &other.outputs).is_some_and(|(fp, _)| fp == recorded) {
+                continue;
+            }
+            let written = archive::changed_since(&b.root, &other.outputs, since_ns);
+            if written.is_empty() {
+                continue;
+            }
+            let shown: Vec<&str> = written.iter().take(3).map(String::as_str).collect();
+            let more = if written.len() > 3 { format!(" and {} more", written.len() - 3) } else { String::new() };
+            let decl: Vec<String> = written.iter().take(3).map(|w| format!("\"{w}\"")).collect();
+            let w = format!(
+                "step `{}` wrote into the outputs of step `{}`: {}{more}; declare them as outputs of `{}` (outputs: [{}]) so `{}`'s outputs stay in place",
+                g.nodes[self.node].name,
+                other.name,
+                shown.join(", "),
+                g.nodes[self.node].name,
+                decl.join(", "),
+                other.name
+            );
+            b.console.note(&format!("warning: {w}"));
+            report.warnings.push(w);
+        }
+    }
+
+    /// Did the step write one of its secrets into an output? Warns naming the step, the
+    /// output and the secret; `Some(true)` when the result must not be stored.
+    fn secret_in_outputs(&self, report: &mut StepReport) -> Option<bool> {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let maskers: Vec<(&String, Masker)> = node
+            .step
+            .secrets
+            .iter()
+            .filter_map(|s| self.prepared.secret_values.get(s).map(|v| (s, Masker::new([v.as_str()]))))
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        if maskers.is_empty() {
+            return None;
+        }
+        let (file, secret) = archive::find_in_outputs(&b.root, &node.outputs, |bytes| {
+            maskers.iter().find(|(_, m)| m.found_in(bytes)).map(|(name, _)| name.to_string())
+        })?;
+        let store = node.step.store_outputs_with_secret.or(b.pipeline.cache.store_outputs_with_secret).unwrap_or(false);
+        let w = if store {
+            format!("step `{}` wrote secret `{secret}` into its output `{file}`; it is stored as it is (`store_outputs_with_secret: true`): anyone who can read the cache can read it", node.name)
+        } else {
+            format!("step `{}` wrote secret `{secret}` into its output `{file}`; the result is not stored (cairn never puts a secret in the cache; set `store_outputs_with_secret: true` on the step to store it anyway)", node.name)
+        };
+        b.console.note(&format!("warning: {w}"));
+        report.warnings.push(w);
+        Some(!store)
+    }
+
+    /// Put a stored entry's outputs in place (or find them there) and replay its logs.
+    fn restore_hit(
+        &self,
+        entry: &crate::cache::Entry,
+        report: &mut StepReport,
+        status: Status,
+        prefix: &str,
+    ) -> Result<(), String> {
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let has_outputs = !node.step.outputs.is_empty();
+        let started = Instant::now();
+        let t = Instant::now();
+        let fingerprint = || match b.prefetch {
+            Some(p) => p.fingerprint(self.node, &b.root, &node.outputs),
+            None => inputs::outputs_fingerprint(&b.root, &node.outputs),
+        };
+        let in_place = has_outputs
+            && b.store.outputs_in_place(&b.root, &node.name, &node.outputs, &entry.outputs_digest, fingerprint);
+        if !in_place && has_outputs {
+            if let Some(p) = b.prefetch {
+                p.wrote(self.node); // about to restore into the worktree
+            }
+        }
+        phase(2, t);
+        let t = Instant::now();
+        // Nothing to put in place (outputs already there, or none declared): replay the logs
+        // alone, without unpacking into a staging directory in the worktree.
+        let restored = if in_place || !has_outputs {
+            b.store.read_logs(entry).map(|(stdout, stderr)| crate::cache::Restored {
+                unpacked: archive::Unpacked { stdout, stderr, ..Default::default() },
+                bytes: 0,
+                changed: None,
+            })
+        } else {
+            // Outputs cairn itself installed with these very bytes were edited: say which file.
+            let explain = b.store.installed_digest(&b.root, &node.name).is_some_and(|d| d == entry.outputs_digest);
+            let protected = |rel: &str| self.protected(rel);
+            b.store.restore(entry, &b.root, &node.outputs, &protected, explain).inspect(|r| {
+                if let Some(what) = &r.changed {
+                    let outs: Vec<String> = node.step.outputs.iter().map(|o| archive::normalize_output(o)).collect();
+                    let out = outs
+                        .iter()
+                        .find(|o| Path::new(what.split(' ').next().unwrap_or("")).starts_with(o.as_str()))
+                        .map(|o| format!("{o}/"))
+                        .unwrap_or_else(|| outs.join(", "));
+                    let msg = format!("restored {out}: {what} since cairn wrote it");
+                    b.console.note(&format!("{prefix} {msg}"));
+                    report.warnings.push(msg);
+                }
+                let settles = b.store.record_installed(&b.root, &node.name, &node.outputs, &entry.outputs_digest);
+                self.unsettled(settles, &entry.outputs_digest);
+            })
+        };
+        phase(3, t);
+        let restored = restored.map_err(|e| e.to_string())?;
+        for (bytes, err) in [(&restored.unpacked.stdout, false), (&restored.unpacked.stderr, true)] {
+            for line in String::from_utf8_lossy(bytes).lines() {
+                b.console.line(prefix, line, err);
+            }
+        }
+        report.status = status;
+        report.saved_ms = entry.duration_ms;
+        report.bytes_restored = restored.bytes;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        report.contribution = Some(Upstream::of(has_outputs, &entry.key, &entry.outputs_digest));
+        report.end_ms = self.t0.elapsed().as_millis() as u64;
+        Ok(())
+    }
+
+    /// After a local miss: fetch from the remote, store locally, restore. Returns the pending
+    /// entry back when the step must run (`None`: it was a remote hit).
+    fn try_remote(
+        &self,
+        key: &str,
+        pending: crate::cache::Pending,
+        report: &mut StepReport,
+        prefix: &str,
+    ) -> Option<crate::cache::Pending> {
+        use crate::cache::remote::RemoteError;
+        let b = self.build;
+        let node = &b.graph.nodes[self.node];
+        let Some(remote) = b.remote.as_ref() else { return Some(pending) };
+        let fetched = match remote.fetch(key, &b.store.tmp_dir()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Some(pending),
+            Err(RemoteError::Signature(d)) => {
+                b.console.note(&format!("warning: {}: REMOTE ENTRY REJECTED: {d}; running the step", node.name));
+                report.reasons.insert(0, DirtyReason::Signature { detail: d });
+                return Some(pending);
+            }
+            Err(e) => {
+                if !matches!(e, RemoteError::Unavailable(_)) {
+                    b.console.note(&format!("warning: {}: {e}; running the step", node.name));
+                }
+                report.reasons.push(DirtyReason::RemoteError { detail: e.to_string() });
+                return Some(pending);
+            }
+        };
+        let env = fetched.envelope;
+        let packed = archive::Packed {
+            tmp_path: fetched.body.clone(),
+            blob_digest: env.blob_digest.clone(),
+            outputs_digest: env.outputs_digest.clone(),
+            blob_size: env.blob_size,
+            files: 0,
+            raw_bytes: 0,
+            log_bytes: env.log_bytes,
+            fingerprint: None,
+        };
+        let committed = pending.commit(b.store, packed, env.duration_ms);
+        let entry = match committed {
+            Ok(entry) => entry,
+            Err(e) => {
+                let _ = std::fs::remove_file(&fetched.body);
+                report.reasons.push(DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") });
+                return match b.store.lookup(&node.name, key, &self.manifest) {
+                    Ok(Lookup::Miss(p, _)) => Some(p),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
+                };
+            }
+        };
+        match self.restore_hit(&entry, report, Status::HitRemote, prefix) {
+            Ok(()) => {
+                report.reasons.clear();
+                None
+            }
+            Err(e) => {
+                report.reasons.push(DirtyReason::Corrupt { detail: e });
+                match b.store.lookup(&node.name, key, &self.manifest) {
+                    Ok(Lookup::Miss(p, _)) => Some(p),
+                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
+                }
+            }
+        }
+    }
+}
