@@ -9,7 +9,7 @@ use std::path::PathBuf;
 /// Exit codes: 0 success, 1 a step failed, 2 usage error, 3 invalid pipeline,
 /// 4 I/O or store problem, 5 a gate is closed, 130 interrupted.
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about, long_about)]
+#[command(name = "cairn", version, about, long_about, after_help = crate::error::exit_codes_help())]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -66,15 +66,57 @@ pub enum Command {
 
 /// `cairn deploy ENV`, `cairn deploy resume ENV`, `cairn deploy history ENV`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct DeployCli {
-    /// The environment, or `resume` / `history` followed by the environment.
-    pub target: String,
-    /// The environment, after `resume` or `history`.
+    #[command(subcommand)]
+    pub action: Option<DeployAction>,
+    /// The environment to deploy.
+    #[arg(required = true)]
     pub env: Option<String>,
+    #[command(flatten)]
+    pub target: EnvTarget,
+    #[command(flatten)]
+    pub gates: GateFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployAction {
+    /// Continue a halted rollout at its first unfinished phase.
+    Resume {
+        /// The environment whose halted rollout to continue.
+        env: String,
+        #[command(flatten)]
+        target: EnvTarget,
+        #[command(flatten)]
+        gates: GateFlags,
+    },
+    /// Every run of an environment: who, which release, when, its result, halts and resumes.
+    History {
+        /// The environment.
+        env: String,
+        #[command(flatten)]
+        target: EnvTarget,
+        /// The runs and their events as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where an environment's pipeline, store and deploy ledger are: shared by `deploy`,
+/// `approve`, `lock`, `rollback`.
+#[derive(Debug, Args, Clone)]
+pub struct EnvTarget {
     #[command(flatten)]
     pub pipeline: PipelineArg,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub ledger: RemoteEndpoint,
+}
+
+/// What the gates of a deploy get told: shared by `deploy`, `deploy resume` and `run`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GateFlags {
     /// The branch being deployed (default: GITHUB_REF_NAME, else git's current branch).
     #[arg(long)]
     pub branch: Option<String>,
@@ -85,11 +127,6 @@ pub struct DeployCli {
     /// environment's `approval.keys` and recorded before the gates are checked.
     #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
     pub approval: Option<String>,
-    #[command(flatten)]
-    pub ledger: RemoteEndpoint,
-    /// With `history`: the runs and their events as JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// The remote: its URL, token and namespace. It holds the shared cache and, when it is
@@ -125,13 +162,46 @@ pub struct DeployArgs {
     pub ledger: RemoteEndpoint,
 }
 
+impl DeployArgs {
+    pub fn new(env: String, target: &EnvTarget, gates: &GateFlags) -> DeployArgs {
+        DeployArgs {
+            env,
+            pipeline: target.pipeline.clone(),
+            store: target.store.clone(),
+            branch: gates.branch.clone(),
+            break_glass: gates.break_glass.clone(),
+            approval: gates.approval.clone(),
+            ledger: target.ledger.clone(),
+        }
+    }
+}
+
+impl DeployCli {
+    /// What was asked, as the command layer takes it.
+    pub fn command(&self) -> DeployCommand {
+        match &self.action {
+            Some(DeployAction::Resume { env, target, gates }) => {
+                DeployCommand::Resume(DeployArgs::new(env.clone(), target, gates))
+            }
+            Some(DeployAction::History { env, target, json }) => DeployCommand::History {
+                env: env.clone(),
+                pipeline: target.pipeline.clone(),
+                store: target.store.clone(),
+                ledger: target.ledger.clone(),
+                json: *json,
+            },
+            None => {
+                DeployCommand::Start(DeployArgs::new(self.env.clone().unwrap_or_default(), &self.target, &self.gates))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
     pub env: String,
     #[command(flatten)]
-    pub pipeline: PipelineArg,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub target: EnvTarget,
     /// The release to approve (default: the current one).
     #[arg(long)]
     pub release: Option<String>,
@@ -147,8 +217,6 @@ pub struct ApproveArgs {
     /// reviewer) and print it as a token for CI (`cairn deploy --approval TOKEN`).
     #[arg(long, value_name = "KEYFILE")]
     pub sign: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub ledger: RemoteEndpoint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,25 +225,17 @@ pub enum LockCommand {
     Status {
         env: String,
         #[command(flatten)]
-        pipeline: PipelineArg,
-        #[command(flatten)]
-        store: StoreArg,
-        #[command(flatten)]
-        ledger: RemoteEndpoint,
+        target: EnvTarget,
     },
     /// Break a lease (recorded in the audit log).
     Release {
         env: String,
         #[command(flatten)]
-        pipeline: PipelineArg,
-        #[command(flatten)]
-        store: StoreArg,
+        target: EnvTarget,
         #[arg(long)]
         force: bool,
         #[arg(long)]
         reason: Option<String>,
-        #[command(flatten)]
-        ledger: RemoteEndpoint,
     },
 }
 
@@ -183,14 +243,10 @@ pub enum LockCommand {
 pub struct RollbackArgs {
     pub env: String,
     #[command(flatten)]
-    pub pipeline: PipelineArg,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub target: EnvTarget,
     /// The release to roll back to (available to the command as {release}).
     #[arg(long)]
     pub to: Option<String>,
-    #[command(flatten)]
-    pub ledger: RemoteEndpoint,
 }
 
 #[derive(Debug, Args)]
@@ -201,13 +257,8 @@ pub struct RunArgs {
     pub store: StoreArg,
     #[arg(long, value_enum)]
     pub event: EventArg,
-    #[arg(long)]
-    pub branch: Option<String>,
-    #[arg(long, value_name = "REASON")]
-    pub break_glass: Option<String>,
-    /// A signed approval (see `cairn deploy --approval`).
-    #[arg(long, value_name = "TOKEN", env = "CAIRN_APPROVAL", hide_env_values = true)]
-    pub approval: Option<String>,
+    #[command(flatten)]
+    pub gates: GateFlags,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

@@ -1,17 +1,46 @@
 //! The command layer's error type and cairn's exit codes.
 //!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success |
-//! | 1 | a step (or deploy phase) failed |
-//! | 2 | usage error: bad flags or arguments, unknown step, bad manual input |
-//! | 3 | the pipeline file is invalid (syntax, schema or semantic check) |
-//! | 4 | an I/O or store problem (a file can't be read, the store is damaged) |
-//! | 5 | a gate is closed (branch policy, approval, window, lock) |
-//! | 130 | interrupted (Ctrl-C) |
+//! The top-level [`Error`] wraps each layer's error type (`#[from]`), and the exit code
+//! follows from the type ([`Error::exit_code`]), never from the call site. [`EXIT_CODES`] is
+//! the one table: `cairn --help` prints it, and a test checks README's copy against it.
 
 use crate::model::Diagnostic;
 use std::path::PathBuf;
+
+/// Every exit code and what it means.
+pub const EXIT_CODES: &[(u8, &str)] = &[
+    (exit::OK, "success"),
+    (exit::STEP_FAILED, "a step (or deploy phase) failed"),
+    (
+        exit::USAGE,
+        "usage error: bad flags, unknown step, bad manual input, missing secret, wrong toolchain, missing literal input",
+    ),
+    (exit::INVALID_PIPELINE, "the pipeline file is invalid (syntax, schema or semantic check)"),
+    (exit::IO, "an I/O or store problem (an unreadable input, a damaged store; `cache verify` found corrupt entries)"),
+    (
+        exit::GATE_CLOSED,
+        "a gate is closed (branch policy, approval, window, deploy lock), or another build holds the workspace (`--no-wait`)",
+    ),
+    (exit::INTERRUPTED, "interrupted (Ctrl-C or SIGTERM: the run stops within a second; a second Ctrl-C exits at once)"),
+];
+
+/// [`EXIT_CODES`] as a Markdown table (README's copy).
+pub fn exit_codes_markdown() -> String {
+    let mut s = String::from("| code | meaning |\n|---|---|\n");
+    for (code, meaning) in EXIT_CODES {
+        s.push_str(&format!("| {code} | {meaning} |\n"));
+    }
+    s
+}
+
+/// [`EXIT_CODES`] for `--help`.
+pub fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:\n");
+    for (code, meaning) in EXIT_CODES {
+        s.push_str(&format!("  {code:>3}  {meaning}\n"));
+    }
+    s
+}
 
 pub mod exit {
     pub const OK: u8 = 0;
@@ -39,6 +68,12 @@ pub enum Error {
     GateClosed(String),
     #[error("interrupted")]
     Interrupted,
+    #[error("error: {0}")]
+    Exec(#[from] crate::exec::ExecError),
+    #[error("error: {0}")]
+    Store(#[from] crate::cache::StoreError),
+    #[error("error: {0}")]
+    Lock(#[from] crate::exec::workspace::LockError),
 }
 
 fn render_diagnostics(d: &[Diagnostic]) -> String {
@@ -58,6 +93,31 @@ impl Error {
             Error::StepFailed(_) => exit::STEP_FAILED,
             Error::GateClosed(_) => exit::GATE_CLOSED,
             Error::Interrupted => exit::INTERRUPTED,
+            Error::Exec(e) => match e {
+                crate::exec::ExecError::Inputs(_) | crate::exec::ExecError::Store(_) => exit::IO,
+                _ if crate::interrupt::interrupted() => exit::INTERRUPTED,
+                _ => exit::USAGE,
+            },
+            Error::Store(_) => exit::IO,
+            Error::Lock(e) => match e {
+                crate::exec::workspace::LockError::Busy { .. } => exit::GATE_CLOSED,
+                crate::exec::workspace::LockError::Interrupted => exit::INTERRUPTED,
+                crate::exec::workspace::LockError::Io { .. } => exit::IO,
+            },
+        }
+    }
+}
+
+/// A deploy error keeps its meaning: a closed gate, a halted rollout, a usage error, a store
+/// or ledger problem.
+impl From<crate::deploy::DeployError> for Error {
+    fn from(e: crate::deploy::DeployError) -> Self {
+        use crate::deploy::DeployError as D;
+        match e {
+            D::Gate(m) => Error::GateClosed(m),
+            D::Halted(m) => Error::StepFailed(m),
+            D::Usage(m) => Error::Usage(m),
+            D::Store(m) => Error::Io(format!("error: {m}")),
         }
     }
 }

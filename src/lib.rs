@@ -97,34 +97,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),
-        Command::Deploy(d) => {
-            let args = |env: String| cli::DeployArgs {
-                env,
-                pipeline: d.pipeline.clone(),
-                store: d.store.clone(),
-                branch: d.branch.clone(),
-                break_glass: d.break_glass.clone(),
-                approval: d.approval.clone(),
-                ledger: d.ledger.clone(),
-            };
-            let cmd = match (d.target.as_str(), d.env.clone()) {
-                ("resume", Some(env)) => cli::DeployCommand::Resume(args(env)),
-                ("history", Some(env)) => cli::DeployCommand::History {
-                    env,
-                    pipeline: d.pipeline.clone(),
-                    store: d.store.clone(),
-                    ledger: d.ledger.clone(),
-                    json: d.json,
-                },
-                (env, None) if env != "resume" && env != "history" => cli::DeployCommand::Start(args(env.to_string())),
-                _ => {
-                    return Err(Error::Usage(
-                        "error: usage: cairn deploy ENV | cairn deploy resume ENV | cairn deploy history ENV".into(),
-                    ))
-                }
-            };
-            commands::deploy::run(&cmd)
-        }
+        Command::Deploy(d) => commands::deploy::run(&d.command()),
         Command::Approve(a) => commands::deploy::approve(&a),
         Command::Lock(c) => commands::deploy::lock(&c),
         Command::Rollback(a) => commands::deploy::rollback(&a),

@@ -18,11 +18,6 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     // One build per workspace: a second one waits here (or fails with --no-wait).
     let _lock = exec::workspace::WorkspaceLock::acquire(&root, !args.no_wait, |who| {
         eprintln!("cairn: waiting for another build of this workspace to finish ({who})");
-    })
-    .map_err(|e| match e {
-        exec::workspace::LockError::Interrupted => Error::Interrupted,
-        e @ exec::workspace::LockError::Busy { .. } => Error::GateClosed(format!("error: {e}")),
-        e => Error::Io(format!("error: {e}")),
     })?;
     let cleaned = crate::cache::Store::clean_worktree_leftovers(&root);
     if cleaned > 0 {
@@ -65,11 +60,7 @@ fn build_with(
     prefetch: &exec::Prefetch,
     t_all: std::time::Instant,
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
-    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2)).map_err(|e| match e {
-        _ if process::interrupted() => Error::Interrupted,
-        exec::ExecError::Inputs(_) | exec::ExecError::Store(_) => Error::Io(format!("error: {e}")),
-        e => Error::Usage(format!("error: {e}")),
-    })?;
+    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }

@@ -84,8 +84,7 @@ pub fn run(cmd: &CacheCommand) -> Result<(), Error> {
             let root = project_root(&pipeline.pipeline);
             let (s, cache_dir) = open_store(store, &root)?;
             let selected = g.closure(steps)?;
-            let prepared = crate::exec::prepare(&p, &g, &selected, &root, &s, &cache_dir, 2)
-                .map_err(|e| Error::Usage(format!("error: {e}")))?;
+            let prepared = crate::exec::prepare(&p, &g, &selected, &root, &s, &cache_dir, 2)?;
             let states = super::plan::predict(&g, &selected, &prepared, &s);
             let wanted: Vec<usize> = g.closure(steps)?;
             let mut missing = Vec::new();

@@ -18,8 +18,7 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
         return Err(crate::plan::GraphError::UnknownStep(args.step.clone()).into());
     }
     let selected = g.closure(&[args.step.as_str()])?;
-    let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)
-        .map_err(|e| Error::Usage(format!("error: {e}")))?;
+    let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)?;
     let states = super::plan::predict(&g, &selected, &prepared, &store);
     let remote = super::build::remote_client(&args.remote, &p)?;
     let mut out = Vec::new();

@@ -173,3 +173,13 @@ fn the_core_crate_has_no_effects() {
     }
     assert!(wrong.is_empty(), "effects in the core:\n{}", wrong.join("\n"));
 }
+
+#[test]
+fn the_exit_code_table_in_readme_and_help_is_the_one_in_the_code() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let table = cairn::error::exit_codes_markdown();
+    assert!(readme.contains(table.trim_end()), "README's exit codes differ from src/error.rs:\n{table}");
+    let help = crate::util::cairn().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains(cairn::error::exit_codes_help().trim_end()), "{help}");
+}

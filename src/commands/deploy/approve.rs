@@ -4,7 +4,7 @@
 use super::*;
 
 pub fn approve(a: &crate::cli::ApproveArgs) -> Result<(), Error> {
-    let pr = prepare(&a.pipeline.pipeline, &a.store, &a.ledger, &a.env, &None)?;
+    let pr = prepare(&a.target.pipeline.pipeline, &a.target.store, &a.target.ledger, &a.env, &None)?;
     let env = pr.p.environments.get(&a.env).expect("checked");
     let Some(gate) = &env.approval else {
         return Err(Error::Usage(format!("error: `{}` needs no approval", a.env)));

@@ -5,8 +5,8 @@ use super::*;
 
 pub fn lock(cmd: &LockCommand) -> Result<(), Error> {
     let (env, pipeline, store_arg, ledger_args) = match cmd {
-        LockCommand::Status { env, pipeline, store, ledger } => (env, pipeline, store, ledger),
-        LockCommand::Release { env, pipeline, store, ledger, .. } => (env, pipeline, store, ledger),
+        LockCommand::Status { env, target } => (env, &target.pipeline, &target.store, &target.ledger),
+        LockCommand::Release { env, target, .. } => (env, &target.pipeline, &target.store, &target.ledger),
     };
     let p = load_pipeline(&pipeline.pipeline)?;
     let root = project_root(&pipeline.pipeline);

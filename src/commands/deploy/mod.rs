@@ -29,12 +29,7 @@ pub use start::start;
 pub use trigger::run_trigger;
 
 fn de(e: DeployError) -> Error {
-    match e {
-        DeployError::Gate(m) => Error::GateClosed(m),
-        DeployError::Halted(m) => Error::StepFailed(m),
-        DeployError::Usage(m) => Error::Usage(m),
-        DeployError::Store(m) => Error::Io(format!("error: {m}")),
-    }
+    Error::from(e)
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -136,8 +131,7 @@ fn prepare(
     let (store, cache_dir) = open_store(store_arg, &root)?;
     let requires = required_steps(&p, env_name);
     let selected = g.closure(&requires)?;
-    let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)
-        .map_err(|e| Error::Usage(format!("error: {e}")))?;
+    let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)?;
     let states = super::plan::predict(&g, &selected, &prepared, &store);
     let mut keys = BTreeMap::new();
     let mut missing = Vec::new();

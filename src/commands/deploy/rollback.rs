@@ -5,7 +5,7 @@ use super::*;
 
 pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
     process::install_signal_handlers();
-    let p = load_pipeline(&a.pipeline.pipeline)?;
+    let p = load_pipeline(&a.target.pipeline.pipeline)?;
     let env = p.environments.get(&a.env).ok_or_else(|| Error::Usage(format!("error: no environment `{}`", a.env)))?;
     // Blue-green keeps blue running: its fast rollback is moving traffic back.
     let switch_back = match &env.strategy {
@@ -18,9 +18,9 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
             a.env
         )));
     };
-    let root = project_root(&a.pipeline.pipeline);
-    let (store, _) = open_store(&a.store, &root)?;
-    let ledger = open_ledger(&a.ledger, &p, &Arc::new(store))?;
+    let root = project_root(&a.target.pipeline.pipeline);
+    let (store, _) = open_store(&a.target.store, &root)?;
+    let ledger = open_ledger(&a.target.ledger, &p, &Arc::new(store))?;
     let console = Console::new(false);
     let target = a.to.clone().unwrap_or_else(|| "previous".into());
     let secret_env = deploy::env_secrets(&p, env, &root).map_err(de)?;

@@ -7,7 +7,8 @@ use super::*;
 pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
     let p = load_pipeline(&a.pipeline.pipeline)?;
     let g = Graph::build(&p)?;
-    let req = crate::plan::TriggerRequest { event: a.event.into(), branch: a.branch.clone(), inputs: BTreeMap::new() };
+    let req =
+        crate::plan::TriggerRequest { event: a.event.into(), branch: a.gates.branch.clone(), inputs: BTreeMap::new() };
     let plan = crate::plan::plan_trigger(&p, &g, &req)?;
     if plan.trigger.is_none() {
         println!("no trigger matches {}: nothing to do", a.event_name());
@@ -34,9 +35,9 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
             env: e.name.clone(),
             pipeline: a.pipeline.clone(),
             store: a.store.clone(),
-            branch: a.branch.clone(),
-            break_glass: a.break_glass.clone(),
-            approval: a.approval.clone(),
+            branch: a.gates.branch.clone(),
+            break_glass: a.gates.break_glass.clone(),
+            approval: a.gates.approval.clone(),
             ledger: a.remote.endpoint.clone(),
         };
         start(&d, &console)?;
