@@ -28,7 +28,7 @@ pub mod ledger;
 
 use crate::exec::process::{self, Console, Exit};
 use crate::exec::secrets::Masker;
-use crate::model::{Environment, Pipeline, Probe};
+use crate::model::{Environment, Pipeline};
 use crate::plan::trigger::{env_vars, render_env, EnvPlan, Phase};
 use ledger::{ApprovalRow, LeaseAnswer, Ledger, LedgerError, Op};
 use std::collections::BTreeMap;

@@ -117,45 +117,13 @@ impl Runner<'_> {
             if attempt > 0 {
                 std::thread::sleep(h.interval.0);
             }
-            let ok = match &h.probe {
-                Probe::Http(url) => {
-                    let url = render_env(url, &vars, region, &self.release);
-                    match reqwest::blocking::Client::builder()
-                        .timeout(h.timeout.0)
-                        .build()
-                        .and_then(|c| c.get(&url).send())
-                    {
-                        Ok(r) if r.status().is_success() => true,
-                        Ok(r) => {
-                            last = format!("{url} answered {}", r.status());
-                            false
-                        }
-                        Err(e) => {
-                            last = format!("{url}: {e}");
-                            false
-                        }
-                    }
-                }
-                Probe::Command(c) => {
-                    let c = render_env(c, &vars, region, &self.release);
-                    let r = self.run_cmd("health", &c, Some(h.timeout.0));
-                    if let Err(e) = &r {
-                        last = format!("`{c}` {e}");
-                    }
-                    r.is_ok()
-                }
-                Probe::Tcp(a) => {
-                    use std::net::ToSocketAddrs;
-                    let a = render_env(a, &vars, region, &self.release);
-                    let ok = a
-                        .to_socket_addrs()
-                        .ok()
-                        .and_then(|mut x| x.next())
-                        .is_some_and(|x| std::net::TcpStream::connect_timeout(&x, h.timeout.0).is_ok());
-                    if !ok {
-                        last = format!("{a} refused");
-                    }
-                    ok
+            let fill = |t: &str| render_env(t, &vars, region, &self.release);
+            let run = |c: &str, timeout: Duration| self.run_cmd("health", c, Some(timeout));
+            let ok = match crate::exec::probe::check(&h.probe, h.timeout.0, fill, run) {
+                Ok(()) => true,
+                Err(e) => {
+                    last = e;
+                    false
                 }
             };
             if ok {

@@ -12,6 +12,7 @@
 //! checks outputs and inputs, packs and commits. Only [`crate::cache::Pending::commit`]
 //! creates entries.
 
+pub mod probe;
 pub mod process;
 pub mod secrets;
 pub mod services;

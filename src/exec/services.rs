@@ -96,23 +96,14 @@ fn probe(
     timeout: Duration,
 ) -> bool {
     let fill = |t: &str| render(t, |k| vars.get(k).cloned()).unwrap_or_default();
-    match p {
-        Probe::Command(c) => run_with_timeout(&fill(c), env, cwd, timeout),
-        Probe::Tcp(addr) => {
-            use std::net::ToSocketAddrs;
-            fill(addr)
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok())
+    let run = |c: &str, timeout: Duration| {
+        if run_with_timeout(c, env, cwd, timeout) {
+            Ok(())
+        } else {
+            Err("failed".to_string())
         }
-        Probe::Http(url) => reqwest::blocking::Client::builder()
-            .timeout(timeout)
-            .build()
-            .ok()
-            .and_then(|c| c.get(fill(url)).send().ok())
-            .is_some_and(|r| r.status().is_success()),
-    }
+    };
+    super::probe::check(p, timeout, fill, run).is_ok()
 }
 
 impl<'a> Services<'a> {

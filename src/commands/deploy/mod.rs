@@ -75,35 +75,6 @@ fn current_branch(arg: &Option<String>, root: &std::path::Path) -> Option<String
     })
 }
 
-/// Steps an environment requires: its `requires`, else the steps of the triggers deploying
-/// to it, else every step.
-fn required_steps(p: &Pipeline, env_name: &str) -> Vec<String> {
-    let env = p.environments.get(env_name).expect("checked");
-    if !env.requires.is_empty() {
-        return env.requires.clone();
-    }
-    let mut out: Vec<String> = Vec::new();
-    for t in &p.triggers {
-        let deploys = t.deploy.iter().any(|r| {
-            r.environment == env_name
-                || crate::model::placeholders(&r.environment).iter().any(|ph| {
-                    ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(
-                        |i| matches!(&i.kind, crate::model::InputType::Choice(o) if o.iter().any(|x| x == env_name)),
-                    )
-                })
-        });
-        if deploys {
-            out.extend(t.run.iter().cloned());
-        }
-    }
-    if out.is_empty() {
-        out = p.steps.names().map(String::from).collect();
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// Everything a deploy of `env_name` needs before it starts.
 struct Prepared {
     p: Pipeline,
@@ -129,7 +100,7 @@ fn prepare(
     let g = Graph::build(&p)?;
     let root = project_root(pipeline);
     let (store, cache_dir) = open_store(store_arg, &root)?;
-    let requires = required_steps(&p, env_name);
+    let requires = crate::plan::trigger::required_steps(&p, env_name, None);
     let selected = g.closure(&requires)?;
     let prepared = crate::exec::prepare(&p, &g, &selected, &root, &store, &cache_dir, 2)?;
     let states = super::plan::predict(&g, &selected, &prepared, &store);

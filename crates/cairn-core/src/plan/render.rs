@@ -5,32 +5,9 @@ use super::graph::Graph;
 use crate::model::Pipeline;
 use std::fmt::Write;
 
-/// Steps each environment waits for: its `requires`, or the steps of the triggers deploying to it.
+/// Steps each environment waits for ([`super::trigger::required_steps`]).
 fn env_edges(p: &Pipeline) -> Vec<(String, Vec<String>)> {
-    p.environments
-        .iter()
-        .map(|(name, env)| {
-            let mut req = env.requires.clone();
-            if req.is_empty() {
-                for t in &p.triggers {
-                    let deploys_here = t.deploy.iter().any(|r| {
-                        r.environment == *name
-                            || crate::model::placeholders(&r.environment).iter().any(|ph| {
-                                ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(
-                                    |i| matches!(&i.kind, crate::model::InputType::Choice(o) if o.contains(name)),
-                                )
-                            })
-                    });
-                    if deploys_here {
-                        req.extend(t.run.iter().cloned());
-                    }
-                }
-            }
-            req.sort();
-            req.dedup();
-            (name.clone(), req)
-        })
-        .collect()
+    p.environments.iter().map(|(name, _)| (name.clone(), super::trigger::required_steps(p, name, None))).collect()
 }
 
 fn quote(s: &str) -> String {

@@ -196,15 +196,46 @@ pub fn plan_trigger(p: &Pipeline, graph: &Graph, req: &TriggerRequest) -> Result
         let env_name = render(&rule.environment, |k| inputs.get(k).cloned())
             .map_err(|k| TriggerError::Input { name: k, problem: "not defined".into() })?;
         let env = p.environments.get(&env_name).ok_or_else(|| TriggerError::UnknownEnvironment(env_name.clone()))?;
-        let mut requires = env.requires.clone();
-        if requires.is_empty() {
-            requires = trigger.run.clone();
-        }
+        let requires = required_steps(p, &env_name, Some(trigger));
         targets.extend(requires.iter().cloned());
         environments.push(plan_environment(p, &env_name, env, requires, branch));
     }
     let steps = graph.closure(&targets)?;
     Ok(RunPlan { event: req.event.as_str(), branch: req.branch.clone(), trigger: Some(ti), steps, environments })
+}
+
+/// The steps an environment requires: one rule for deploys, trigger plans and drawings. Its
+/// `requires`; else, for a run of a trigger that deploys it (`via`), that trigger's steps;
+/// else the steps of every trigger that deploys to it (directly, or through a choice input
+/// that can name it); else every step. Sorted, without duplicates.
+pub fn required_steps(p: &Pipeline, env_name: &str, via: Option<&crate::model::Trigger>) -> Vec<String> {
+    let Some(env) = p.environments.get(env_name) else { return Vec::new() };
+    let mut out: Vec<String> = if !env.requires.is_empty() {
+        env.requires.clone()
+    } else if let Some(t) = via {
+        t.run.clone()
+    } else {
+        p.triggers
+            .iter()
+            .filter(|t| {
+                t.deploy.iter().any(|r| {
+                    r.environment == env_name
+                        || crate::model::placeholders(&r.environment).iter().any(|ph| {
+                            ph.name.strip_prefix("inputs.").and_then(|i| t.inputs.get(i)).is_some_and(|i| {
+                                matches!(&i.kind, crate::model::InputType::Choice(o) if o.iter().any(|x| x == env_name))
+                            })
+                        })
+                })
+            })
+            .flat_map(|t| t.run.iter().cloned())
+            .collect()
+    };
+    if out.is_empty() {
+        out = p.steps.names().map(String::from).collect();
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The placeholders an environment's templates see, without `{region}`.
