@@ -81,6 +81,7 @@ fn build_with(
         remote: remote.clone(),
         prefetch: Some(prefetch),
         started: t_all,
+        runner: &exec::runner::LocalProcess,
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();

@@ -124,15 +124,15 @@ impl Job<'_> {
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
         let started_ns = inputs::now_ns();
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
-        let outcome = process::run(
-            &node.run,
-            &cwd,
-            &env,
-            node.step.timeout.map(|d| d.0),
-            &prefix,
-            b.console,
-            &self.prepared.masker,
-        );
+        let cmd = runner::StepCommand {
+            step: &node.name,
+            command: &node.run,
+            cwd: &cwd,
+            env: &env,
+            timeout: node.step.timeout.map(|d| d.0),
+            prefix: &prefix,
+        };
+        let outcome = b.runner.run(&cmd, b.console, &self.prepared.masker);
         report.end_ms = self.t0.elapsed().as_millis() as u64;
         let outcome = match outcome {
             Ok(o) => o,

@@ -14,6 +14,7 @@
 
 pub mod probe;
 pub mod process;
+pub mod runner;
 pub mod secrets;
 pub mod services;
 pub mod workspace;
@@ -79,6 +80,8 @@ pub struct Build<'a> {
     pub prefetch: Option<&'a Prefetch>,
     /// When the run started (before loading and probing): steps' times count from here.
     pub started: Instant,
+    /// Where step commands run (see [`runner`]).
+    pub runner: &'a dyn runner::StepRunner,
 }
 
 /// How many steps may be in flight (looking up, restoring, or waiting for a command slot).

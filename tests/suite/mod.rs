@@ -8,4 +8,5 @@ mod pipeline;
 pub mod remote;
 mod report;
 mod s3;
+mod snapshots;
 mod verify;
