@@ -4,21 +4,31 @@
 //!
 //! ## Layers, and who may call whom
 //! ```text
-//! main.rs  → lib::run           thin: parse arguments, map the result to an exit code
-//! cli      clap declarations     no I/O
-//! commands one file per command  load → plan → execute → report; the only caller of effects
-//! model    PURE                  the RON schema, parsing, validation with located diagnostics
-//! plan     PURE                  step graph, keys and dirty reasons, trigger plans, drawings
-//! inputs   effects               walking the tree, globs, hashing, the stat cache
-//! cache    effects               the local store: SQLite index (sole owner) + blobs, archives
-//! exec     effects               toolchain probes, secrets, processes, the dispatcher
-//! report   pure over summaries   run summary, terminal table, JSON, HTML, trace, badge
-//! server   effects               `cairn serve`: the remote cache (Turborepo API v8)
-//! keys     pure                  ed25519 signing of remote entries
-//! deploy   effects               gates, leases, region waves, migrations, journal, notifications
+//! main.rs    → lib::run          thin: parse arguments, map the result to an exit code
+//! cli        clap declarations    no I/O
+//! commands   one module a command load → plan → execute → report; the only caller of effects
+//! error      the top-level error  wraps each layer's error; the exit code follows from its type
+//!
+//! cairn-core (crates/cairn-core)  PURE, a crate of its own so the compiler keeps it so:
+//!   model    the RON schema, parsing, validation with located diagnostics
+//!   plan     step graph, keys and dirty reasons, required steps, trigger plans, drawings
+//!   gates    deploy gate verdicts (clock and time zones passed in), release names
+//!   events   how steps ended: what exec emits and report reads
+//!   keys     ed25519 signing of remote entries
+//!
+//! inputs     effects              walking the tree, globs, hashing, the stat cache, journals
+//! cache      effects              the store: SQLite index (sole owner), blobs, archives; remote, S3
+//! exec       effects              the dispatcher; prepare, jobs, the runner seam, probes,
+//!                                 processes, services, secrets, the workspace lock
+//! deploy     effects              gates with the world plugged in, leases, runner, ledger
+//! report     over summaries       run summary, table, JSON, Markdown, HTML, trace, badge
+//! server     effects              `cairn serve`: the remote cache (Turborepo API v8), ledger
+//! clock, interrupt                leaves: the time in words; Ctrl-C
 //! ```
-//! `model` and `plan` never import `std::fs`, `std::process`, the network or the store: what
-//! they need from the world is passed in as values.
+//! Who may import whom is checked by `tests/suite/architecture.rs`: report, cache and server
+//! never import exec; inputs imports no other layer; the leaves import nothing; nothing but
+//! `commands` and `lib` imports `commands` or `cli`; and the layers form no cycle. The design,
+//! with the seams, is in `docs/architecture.md`.
 
 // `println!` and friends that never panic. The standard ones panic when stdout or stderr is a
 // closed pipe (`cairn graph | head -c 100`) or a full disk; these drop the output instead and
