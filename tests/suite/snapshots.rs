@@ -117,15 +117,19 @@ fn plan_text_and_json() {
 
 /// Columns are padded to their widest value, which redaction changes: runs of spaces are
 /// folded so the snapshot shows the columns, not the widths of this run's durations.
+/// The command lines of steps that run at once come in either order: only the table is kept.
 fn fold_spaces(text: &str) -> String {
-    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .filter(|l| !l.starts_with('['))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
 fn build_table_cold_then_warm() {
     let p = project();
-    // One job, so the order of the command lines is the graph's.
-    let args = ["build", "-q", "-j", "1", "-p", "pipelines/test.ron"];
+    let args = ["build", "-q", "-p", "pipelines/test.ron"];
     let cold = p.run(&args).ok().stderr;
     insta::assert_snapshot!("build_table_cold", fold_spaces(&redact(&cold, p.path())));
     let warm = p.run(&args).ok().stderr;

@@ -8,6 +8,7 @@
 //! model     the RON schema as users write it, parsing, validation with located diagnostics
 //! plan      the step graph, key manifests and keys, dirty reasons, trigger plans, drawings,
 //!           lock-file diffs
+//! ledger    the deploy ledger's operations and answers (applied by the store)
 //! keys      ed25519 signing of remote entries (the caller draws the randomness)
 //! events    how a step ended and why: what executors emit and reports read
 //! gates     deploy gates as verdicts (windows, freezes, approvals, branches), release names
@@ -23,6 +24,7 @@ pub mod encoding;
 pub mod events;
 pub mod gates;
 pub mod keys;
+pub mod ledger;
 pub mod model;
 pub mod plan;
 pub mod time;

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::inputs::StatEntry;
 
+mod ledger;
+
 /// Append-only: index `i` migrates from user_version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 1: entries, eviction memory, the stat cache, run history.
@@ -533,13 +535,13 @@ impl Index {
             .map_err(ctx("snapshot"))
     }
 
-    /// Run one statement (for the deploy journal, which owns its own tables' meaning).
-    pub fn exec(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<usize, IndexError> {
+    /// Run one statement (the ledger's SQL in `ledger.rs`).
+    fn exec(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<usize, IndexError> {
         self.conn.execute(sql, args).map_err(ctx("deploy"))
     }
 
     /// Rows of strings (NULL as empty) for a query.
-    pub fn rows(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Vec<String>>, IndexError> {
+    fn rows(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Vec<String>>, IndexError> {
         let mut st = self.conn.prepare(sql).map_err(ctx("deploy"))?;
         let n = st.column_count();
         let rows = st
@@ -564,7 +566,7 @@ impl Index {
     }
 
     /// Run `f` in an immediate (write-locking) transaction.
-    pub fn immediate<T>(&mut self, f: impl FnOnce(&Index) -> Result<T, IndexError>) -> Result<T, IndexError> {
+    fn immediate<T>(&mut self, f: impl FnOnce(&Index) -> Result<T, IndexError>) -> Result<T, IndexError> {
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(ctx("deploy"))?;
         let r = f(self);
         let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
