@@ -5,27 +5,33 @@ use crate::cache::{Lookup, Store};
 use crate::cli::PlanArgs;
 use crate::error::Error;
 use crate::exec::{miss_reasons, Prepared};
-use crate::plan::key::{DirtyReason, Upstream};
+use crate::plan::Known;
 use crate::plan::{plan_trigger, Graph, Phase, RunPlan, TriggerRequest};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// What the store says about a step before the run.
-#[derive(Debug, Clone)]
-pub struct StepState {
-    /// `None` when an upstream step will run, so the key is not known yet.
-    pub key: Option<String>,
-    pub hit: bool,
-    /// The hit is in the remote cache (it will be downloaded).
-    pub remote: bool,
-    pub reasons: Vec<DirtyReason>,
-    contribution: Option<Upstream>,
+pub use crate::plan::StepState;
+
+/// The local store, and the remote after it, as the planner's [`crate::plan::Lookup`].
+struct Stores<'a> {
+    store: &'a Store,
+    root: &'a std::path::Path,
+    remote: Option<&'a crate::cache::remote::Remote>,
 }
 
-impl StepState {
-    /// What this step contributes to its dependents' keys, when known.
-    pub fn contribution(&self) -> Option<Upstream> {
-        self.contribution.clone()
+impl crate::plan::Lookup for Stores<'_> {
+    fn local(&self, step: &str, key: &str, manifest: &crate::plan::key::KeyManifest) -> Known {
+        match self.store.lookup(step, key, manifest) {
+            Ok(Lookup::Hit(e)) => Known::Hit { outputs_digest: e.outputs_digest },
+            Ok(Lookup::Miss(_, evicted)) => {
+                Known::Miss { reasons: miss_reasons(self.store, self.root, step, key, manifest, evicted) }
+            }
+            Err(e) => Known::Error(e.to_string()),
+        }
+    }
+
+    fn remote(&self, keys: &[String]) -> Option<Result<Vec<Option<Option<String>>>, String>> {
+        self.remote.map(|r| r.exists_many(keys).map_err(|e| e.to_string()))
     }
 }
 
@@ -34,9 +40,7 @@ pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store
     predict_with_remote(g, selected, prepared, store, None)
 }
 
-/// Predict with a remote too: level by level through the graph, the local misses whose keys
-/// are known are asked of the remote in **one batch request per level**; a remote hit's
-/// outputs digest (from the envelope's tag) gives its dependents' keys without downloading.
+/// Predict with the remote too (one batch request per level of the graph).
 pub fn predict_with_remote(
     g: &Graph,
     selected: &[usize],
@@ -44,91 +48,8 @@ pub fn predict_with_remote(
     store: &Store,
     remote: Option<&crate::cache::remote::Remote>,
 ) -> BTreeMap<usize, StepState> {
-    let mut out: BTreeMap<usize, StepState> = BTreeMap::new();
-    loop {
-        let mut asked: Vec<(usize, String, Vec<DirtyReason>)> = Vec::new();
-        let before = out.len();
-        for &i in selected {
-            if out.contains_key(&i) || asked.iter().any(|(j, _, _)| *j == i) {
-                continue;
-            }
-            let n = &g.nodes[i];
-            if n.needs.iter().any(|d| selected.contains(d) && !out.contains_key(d)) {
-                continue; // decided in a later round
-            }
-            let mut manifest = prepared.manifests[&i].clone();
-            let mut unknown = None;
-            for &d in &n.needs {
-                match out.get(&d).and_then(|s| s.contribution.clone()) {
-                    Some(c) => {
-                        manifest.upstream.insert(g.nodes[d].name.clone(), c);
-                    }
-                    None => unknown = unknown.or(Some(g.nodes[d].name.clone())),
-                }
-            }
-            if let Some(step) = unknown {
-                let reasons = vec![DirtyReason::UpstreamWillRun { step }];
-                out.insert(i, StepState { key: None, hit: false, remote: false, reasons, contribution: None });
-                continue;
-            }
-            let key = manifest.key();
-            if !n.step.cache {
-                let reasons = vec![DirtyReason::NotCacheable];
-                out.insert(i, StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None });
-                continue;
-            }
-            let state = match store.lookup(&n.name, &key, &manifest) {
-                Ok(Lookup::Hit(e)) => {
-                    let c = Upstream::of(!n.step.outputs.is_empty(), &key, &e.outputs_digest);
-                    StepState { key: Some(key), hit: true, remote: false, reasons: vec![], contribution: Some(c) }
-                }
-                Ok(Lookup::Miss(_, evicted)) => {
-                    let reasons = miss_reasons(store, &prepared.walk.root, &n.name, &key, &manifest, evicted);
-                    if remote.is_some() {
-                        asked.push((i, key, reasons));
-                        continue;
-                    }
-                    StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None }
-                }
-                Err(e) => StepState {
-                    key: Some(key),
-                    hit: false,
-                    remote: false,
-                    reasons: vec![DirtyReason::StoreError { detail: e.to_string() }],
-                    contribution: None,
-                },
-            };
-            out.insert(i, state);
-        }
-        if let (Some(r), false) = (remote, asked.is_empty()) {
-            let keys: Vec<String> = asked.iter().map(|(_, k, _)| k.clone()).collect();
-            let answers = r.exists_many(&keys);
-            for (pos, (i, key, mut reasons)) in asked.into_iter().enumerate() {
-                let n = &g.nodes[i];
-                let state = match &answers {
-                    Ok(found) => match &found[pos] {
-                        Some(outputs) => {
-                            let c = match (n.step.outputs.is_empty(), outputs) {
-                                (true, _) => Some(Upstream::Key(key.clone())),
-                                (false, Some(d)) => Some(Upstream::Outputs(d.clone())),
-                                (false, None) => None,
-                            };
-                            StepState { key: Some(key), hit: true, remote: true, reasons: vec![], contribution: c }
-                        }
-                        None => StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None },
-                    },
-                    Err(e) => {
-                        reasons.push(DirtyReason::RemoteError { detail: e.to_string() });
-                        StepState { key: Some(key), hit: false, remote: false, reasons, contribution: None }
-                    }
-                };
-                out.insert(i, state);
-            }
-        } else if out.len() == before {
-            break;
-        }
-    }
-    out
+    let stores = Stores { store, root: &prepared.walk.root, remote };
+    crate::plan::predict(g, selected, &prepared.manifests, &stores)
 }
 
 pub fn run(args: &PlanArgs) -> Result<(), Error> {

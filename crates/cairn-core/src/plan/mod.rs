@@ -7,12 +7,16 @@
 //! - [`graph`]: matrix expansion and a stable topological order of steps.
 //! - [`trigger`]: which steps and environments an event runs; deploy phases and gates.
 //! - [`render`]: Mermaid, DOT and text drawings of the graph.
+//! - [`freshness`]: which steps a build would restore or run, and why, over a lookup trait
+//!   the stores implement.
 
+pub mod freshness;
 pub mod graph;
 pub mod key;
 pub mod lockfile;
 pub mod render;
 pub mod trigger;
 
+pub use freshness::{predict, Known, Lookup, StepState};
 pub use graph::{Graph, GraphError, Node};
 pub use trigger::{plan_trigger, EnvPlan, Gate, GateStatus, Phase, RunPlan, TriggerError, TriggerRequest};
