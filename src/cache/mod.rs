@@ -19,8 +19,12 @@
 
 pub mod archive;
 pub mod index;
+mod reasons;
 pub mod remote;
 pub mod s3;
+pub mod tiered;
+
+pub use reasons::{miss_reasons, why_missed};
 
 use crate::plan::key::KeyManifest;
 use archive::{ArchiveError, Limits, Packed, Unpacked};
@@ -96,7 +100,7 @@ pub enum Lookup {
 }
 
 /// A key that missed; the only way to create an entry for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pending {
     pub key: String,
     pub step: String,

@@ -1,39 +1,15 @@
 //! `cairn plan`: what a trigger would run.
 
 use super::{load_pipeline, open_store, project_root};
-use crate::cache::{Lookup, Store};
+use crate::cache::Store;
 use crate::cli::PlanArgs;
 use crate::error::Error;
-use crate::exec::{miss_reasons, Prepared};
-use crate::plan::Known;
+use crate::exec::Prepared;
 use crate::plan::{plan_trigger, Graph, Phase, RunPlan, TriggerRequest};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub use crate::plan::StepState;
-
-/// The local store, and the remote after it, as the planner's [`crate::plan::Lookup`].
-struct Stores<'a> {
-    store: &'a Store,
-    root: &'a std::path::Path,
-    remote: Option<&'a crate::cache::remote::Remote>,
-}
-
-impl crate::plan::Lookup for Stores<'_> {
-    fn local(&self, step: &str, key: &str, manifest: &crate::plan::key::KeyManifest) -> Known {
-        match self.store.lookup(step, key, manifest) {
-            Ok(Lookup::Hit(e)) => Known::Hit { outputs_digest: e.outputs_digest },
-            Ok(Lookup::Miss(_, evicted)) => {
-                Known::Miss { reasons: miss_reasons(self.store, self.root, step, key, manifest, evicted) }
-            }
-            Err(e) => Known::Error(e.to_string()),
-        }
-    }
-
-    fn remote(&self, keys: &[String]) -> Option<Result<Vec<Option<Option<String>>>, String>> {
-        self.remote.map(|r| r.exists_many(keys).map_err(|e| e.to_string()))
-    }
-}
 
 /// Predict hit or will-run for each selected node, from the local store.
 pub fn predict(g: &Graph, selected: &[usize], prepared: &Prepared, store: &Store) -> BTreeMap<usize, StepState> {
@@ -48,7 +24,7 @@ pub fn predict_with_remote(
     store: &Store,
     remote: Option<&crate::cache::remote::Remote>,
 ) -> BTreeMap<usize, StepState> {
-    let stores = Stores { store, root: &prepared.walk.root, remote };
+    let stores = crate::cache::tiered::Tiered { local: store, remote, root: &prepared.walk.root };
     crate::plan::predict(g, selected, &prepared.manifests, &stores)
 }
 

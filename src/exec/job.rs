@@ -76,7 +76,7 @@ impl Job<'_> {
                         report.reasons.insert(0, DirtyReason::Forced);
                         pending = Some(p);
                     } else {
-                        match self.try_remote(&key, p, &mut report, &prefix) {
+                        match self.try_remote(p, &mut report, &prefix) {
                             None => return report,
                             Some(p) => pending = Some(p),
                         }
@@ -183,7 +183,7 @@ impl Job<'_> {
         let inputs = &self.prepared.inputs[&self.node];
         match inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()) {
             Ok(after) if after.per_step[0] != self.manifest.inputs => {
-                let changed = super::reasons::changed_paths(&self.manifest.inputs, &after.per_step[0]);
+                let changed = changed_paths(&self.manifest.inputs, &after.per_step[0]);
                 let w = format!("inputs changed while the step ran ({}); the result is not stored", changed.join(", "));
                 b.console.note(&format!("warning: {}: {w}", node.name));
                 report.warnings.push(w);
@@ -449,53 +449,28 @@ impl Job<'_> {
     /// entry back when the step must run (`None`: it was a remote hit).
     fn try_remote(
         &self,
-        key: &str,
         pending: crate::cache::Pending,
         report: &mut StepReport,
         prefix: &str,
     ) -> Option<crate::cache::Pending> {
-        use crate::cache::remote::RemoteError;
+        use crate::cache::tiered::{Fetched, Tiered};
         let b = self.build;
         let node = &b.graph.nodes[self.node];
-        let Some(remote) = b.remote.as_ref() else { return Some(pending) };
-        let fetched = match remote.fetch(key, &b.store.tmp_dir()) {
-            Ok(Some(f)) => f,
-            Ok(None) => return Some(pending),
-            Err(RemoteError::Signature(d)) => {
-                b.console.note(&format!("warning: {}: REMOTE ENTRY REJECTED: {d}; running the step", node.name));
-                report.reasons.insert(0, DirtyReason::Signature { detail: d });
-                return Some(pending);
-            }
-            Err(e) => {
-                if !matches!(e, RemoteError::Unavailable(_)) {
-                    b.console.note(&format!("warning: {}: {e}; running the step", node.name));
+        let tiers = Tiered { local: b.store, remote: b.remote.as_deref(), root: &b.root };
+        let entry = match tiers.fetch(pending) {
+            Fetched::Absent(p) => return Some(p),
+            Fetched::Failed { pending, reason, warning } => {
+                if let Some(w) = warning {
+                    b.console.note(&format!("warning: {}: {w}; running the step", node.name));
                 }
-                report.reasons.push(DirtyReason::RemoteError { detail: e.to_string() });
+                if matches!(reason, DirtyReason::Signature { .. }) {
+                    report.reasons.insert(0, reason);
+                } else {
+                    report.reasons.push(reason);
+                }
                 return Some(pending);
             }
-        };
-        let env = fetched.envelope;
-        let packed = archive::Packed {
-            tmp_path: fetched.body.clone(),
-            blob_digest: env.blob_digest.clone(),
-            outputs_digest: env.outputs_digest.clone(),
-            blob_size: env.blob_size,
-            files: 0,
-            raw_bytes: 0,
-            log_bytes: env.log_bytes,
-            fingerprint: None,
-        };
-        let committed = pending.commit(b.store, packed, env.duration_ms);
-        let entry = match committed {
-            Ok(entry) => entry,
-            Err(e) => {
-                let _ = std::fs::remove_file(&fetched.body);
-                report.reasons.push(DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") });
-                return match b.store.lookup(&node.name, key, &self.manifest) {
-                    Ok(Lookup::Miss(p, _)) => Some(p),
-                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
-                };
-            }
+            Fetched::Hit(entry) => entry,
         };
         match self.restore_hit(&entry, report, Status::HitRemote, prefix) {
             Ok(()) => {
@@ -504,11 +479,19 @@ impl Job<'_> {
             }
             Err(e) => {
                 report.reasons.push(DirtyReason::Corrupt { detail: e });
-                match b.store.lookup(&node.name, key, &self.manifest) {
+                let key = self.manifest.key();
+                match b.store.lookup(&node.name, &key, &self.manifest) {
                     Ok(Lookup::Miss(p, _)) => Some(p),
                     _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
                 }
             }
         }
     }
+}
+
+fn changed_paths(a: &BTreeMap<String, FileDigest>, b: &BTreeMap<String, FileDigest>) -> Vec<String> {
+    let mut out: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    out.sort();
+    out.dedup();
+    out
 }

@@ -22,18 +22,17 @@ pub mod workspace;
 mod job;
 mod prefetch;
 mod prepare;
-mod reasons;
 mod slots;
 
+pub use crate::cache::{miss_reasons, why_missed};
 pub use prefetch::Prefetch;
 pub use prepare::*;
-pub use reasons::{miss_reasons, why_missed};
 pub use slots::{SlotGuard, Slots};
 
 use crate::cache::{archive, Lookup, Store};
 use crate::inputs::{self, StepInputs, WalkOptions};
 use crate::model::Pipeline;
-use crate::plan::key::{diff, DirtyReason, FileDigest, KeyManifest, Upstream, KEY_SCHEMA_VERSION};
+use crate::plan::key::{DirtyReason, FileDigest, KeyManifest, Upstream, KEY_SCHEMA_VERSION};
 use crate::plan::Graph;
 use process::{Console, Exit};
 use secrets::Masker;

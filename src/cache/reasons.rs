@@ -1,14 +1,9 @@
-//! Why a step missed, from what the store remembers.
+//! Why a step missed, from what the store remembers: the entry the worktree used last (else
+//! the newest) of the same step, compared with the new key manifest.
 
-#[allow(unused_imports)]
-use super::*;
-
-pub(super) fn changed_paths(a: &BTreeMap<String, FileDigest>, b: &BTreeMap<String, FileDigest>) -> Vec<String> {
-    let mut out: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
-    out.sort();
-    out.dedup();
-    out
-}
+use super::Store;
+use crate::plan::key::{diff, DirtyReason, KeyManifest};
+use std::path::Path;
 
 /// Why a lookup missed: the entry was dropped as corrupt, evicted, or (never stored under this
 /// key) what differs from the newest entry of the same step.

@@ -1,0 +1,89 @@
+//! The local store, then the remote: one tiering rule for the planner and the executor.
+//!
+//! Lookups go to the local store first. After a local miss the remote is asked: the planner
+//! asks for many keys at once without downloading ([`plan::Lookup`]); the executor fetches the
+//! entry, has it verified (manifest, digest, signature) and commits it to the local store, so
+//! every restore, whichever tier it came from, goes through the one hardened extractor.
+
+use super::remote::{Remote, RemoteError};
+use super::{Entry, Lookup, Pending, Store};
+use crate::plan::key::{DirtyReason, KeyManifest};
+use crate::plan::{self, Known};
+use std::path::Path;
+
+pub struct Tiered<'a> {
+    pub local: &'a Store,
+    pub remote: Option<&'a Remote>,
+    /// The worktree, for explaining misses against what it used last.
+    pub root: &'a Path,
+}
+
+/// What asking the remote after a local miss gave.
+pub enum Fetched {
+    /// Not there (or no remote): run the step.
+    Absent(Pending),
+    /// Fetched, verified and now in the local store.
+    Hit(Entry),
+    /// The remote failed or its entry was refused: run the step, for this reason; `warning`
+    /// when a person should hear of it (an unavailable remote is said once, elsewhere).
+    Failed { pending: Pending, reason: DirtyReason, warning: Option<String> },
+}
+
+impl Tiered<'_> {
+    /// After a local miss of `pending`'s key: the remote's entry, committed locally.
+    pub fn fetch(&self, pending: Pending) -> Fetched {
+        let Some(remote) = self.remote else { return Fetched::Absent(pending) };
+        let fetched = match remote.fetch(&pending.key, &self.local.tmp_dir()) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Fetched::Absent(pending),
+            Err(RemoteError::Signature(d)) => {
+                let warning = Some(format!("REMOTE ENTRY REJECTED: {d}"));
+                return Fetched::Failed { pending, reason: DirtyReason::Signature { detail: d }, warning };
+            }
+            Err(e) => {
+                let warning = (!matches!(e, RemoteError::Unavailable(_))).then(|| e.to_string());
+                return Fetched::Failed {
+                    pending,
+                    reason: DirtyReason::RemoteError { detail: e.to_string() },
+                    warning,
+                };
+            }
+        };
+        let env = fetched.envelope;
+        let packed = super::archive::Packed {
+            tmp_path: fetched.body.clone(),
+            blob_digest: env.blob_digest.clone(),
+            outputs_digest: env.outputs_digest.clone(),
+            blob_size: env.blob_size,
+            files: 0,
+            raw_bytes: 0,
+            log_bytes: env.log_bytes,
+            fingerprint: None,
+        };
+        let again = pending.clone();
+        match pending.commit(self.local, packed, env.duration_ms) {
+            Ok(entry) => Fetched::Hit(entry),
+            Err(e) => {
+                let _ = std::fs::remove_file(&fetched.body);
+                let reason = DirtyReason::RemoteError { detail: format!("storing the remote entry: {e}") };
+                Fetched::Failed { pending: again, reason, warning: None }
+            }
+        }
+    }
+}
+
+impl plan::Lookup for Tiered<'_> {
+    fn local(&self, step: &str, key: &str, manifest: &KeyManifest) -> Known {
+        match self.local.lookup(step, key, manifest) {
+            Ok(Lookup::Hit(e)) => Known::Hit { outputs_digest: e.outputs_digest },
+            Ok(Lookup::Miss(_, evicted)) => {
+                Known::Miss { reasons: super::miss_reasons(self.local, self.root, step, key, manifest, evicted) }
+            }
+            Err(e) => Known::Error(e.to_string()),
+        }
+    }
+
+    fn remote(&self, keys: &[String]) -> Option<Result<Vec<Option<Option<String>>>, String>> {
+        self.remote.map(|r| r.exists_many(keys).map_err(|e| e.to_string()))
+    }
+}
