@@ -1,7 +1,6 @@
 //! Deploy gates with the world plugged in: the clock, the system's time zones, the ledger's
 //! approvals (the verdicts themselves are pure: `cairn_core::gates`), and signed approvals.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 //! One deploy per environment: a lease with a time-to-live, renewed by a heartbeat, waiting
 //! runs queued in arrival order.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 //! switches and canaries, rollbacks; every transition journaled before and after; events
 //! sent to webhooks.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Wait out a bake time (Ctrl-C ends it early; the rollout then halts before the next phase).

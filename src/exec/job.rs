@@ -2,7 +2,6 @@
 //! entry or run the command, check what it did (inputs unchanged, outputs produced, no secret
 //! in them, nothing written into other steps' outputs), pack and commit.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl Job<'_> {

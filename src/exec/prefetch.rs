@@ -1,6 +1,5 @@
 //! Output fingerprints taken ahead of the dispatch (see [`Prefetch`]).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Output fingerprints taken ahead, on a thread of their own while the inputs are scanned: on

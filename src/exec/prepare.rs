@@ -2,7 +2,6 @@
 //! secrets, check literal inputs exist, and hash every selected step's inputs in one walk
 //! (or replay the scan journal). Yields each step's key manifest without its upstream part.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// OS and architecture, as they appear in keys.

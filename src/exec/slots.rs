@@ -1,6 +1,5 @@
 //! Command slots: how many step commands run at once.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Command slots: at most `jobs` step commands run at once, while more workers may look up,

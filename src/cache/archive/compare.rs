@@ -1,7 +1,6 @@
 //! Comparing outputs on disk with each other and with what a step was expected to leave:
 //! why outputs were restored, what a step wrote, whether an output holds a secret.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Every entry of `outputs` under `root`, sorted and without duplicates (unreadable or

@@ -1,7 +1,6 @@
 //! Swapping staged outputs into the worktree, never through a link, and removing trees that
 //! may hold read-only directories.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The first ancestor of `rel` (strictly between the root and `rel`) that is a symlink in the

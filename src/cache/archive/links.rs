@@ -1,6 +1,5 @@
 //! Where a restore's symlinks may lead (see [`LinkRules`]).
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Where a restore's symlinks may lead.

@@ -31,10 +31,7 @@ mod unpack;
 pub use compare::{changed_since, find_in_outputs, first_difference};
 pub use install::{install, linked_ancestor, remove_any};
 pub use links::LinkRules;
-#[allow(unused_imports)]
-use links::{check_links, resolve_link};
-#[allow(unused_imports)]
-use unpack::link_stays_inside;
+use links::check_links;
 pub use unpack::{open_blob, read_logs, unpack, Unpacked};
 
 /// Where logs live inside an archive.
@@ -458,6 +455,8 @@ pub fn unique() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::links::resolve_link;
+    use super::unpack::link_stays_inside;
     use super::*;
 
     #[test]

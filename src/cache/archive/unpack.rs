@@ -1,7 +1,6 @@
 //! The hardened extractor: one reader validates and decompresses, writer threads create
 //! small files; permission bits come back exactly as archived.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What came out of an archive besides the staged files.

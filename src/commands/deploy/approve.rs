@@ -1,6 +1,5 @@
 //! `cairn approve ENV`: an approval of the current (or a given) release, optionally signed.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub fn approve(a: &crate::cli::ApproveArgs) -> Result<(), Error> {

@@ -1,6 +1,5 @@
 //! `cairn deploy history ENV`: every run, its halts and resumes, in the machine's time zone.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn history(

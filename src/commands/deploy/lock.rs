@@ -1,6 +1,5 @@
 //! `cairn lock status|release ENV`: who holds the deploy lease; forced release is audited.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub fn lock(cmd: &LockCommand) -> Result<(), Error> {

@@ -1,6 +1,5 @@
 //! `cairn rollback ENV`: the rollback command region by region, in reverse order.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {

@@ -1,6 +1,5 @@
 //! `cairn deploy ENV` and `cairn deploy resume ENV`: gates, the lease, region waves.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub fn start(a: &DeployArgs, console: &Console) -> Result<(), Error> {

@@ -1,6 +1,5 @@
 //! `cairn run --event ...`: what the workflow does for a trigger: build its steps, then deploy.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `cairn run`: what the workflow does for a trigger: build its steps, then deploy.
