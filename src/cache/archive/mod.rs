@@ -30,8 +30,8 @@ mod unpack;
 
 pub use compare::{changed_since, find_in_outputs, first_difference};
 pub use install::{install, linked_ancestor, remove_any};
-pub use links::LinkRules;
 use links::check_links;
+pub use links::LinkRules;
 pub use unpack::{open_blob, read_logs, unpack, Unpacked};
 
 /// Where logs live inside an archive.

@@ -15,10 +15,13 @@
 //! breaker stops talking to the remote for the rest of the run, after one warning. Uploads run
 //! in a background thread and are flushed before cairn exits.
 
+mod transfer;
+
+pub use transfer::{copy_bounded, TransferLimits, RATE_WINDOW};
+
 use crate::keys::{message, Secret, Trusted};
 use crate::plan::key::KeyManifest;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
@@ -30,112 +33,6 @@ pub const OUTPUTS_TAG: &str = "cairn-outputs:";
 
 /// Time allowed for moving one archive (the short client timeout applies to everything else).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// How a download is kept honest. A remote that stalls, trickles or lies about sizes costs
-/// about a second, then a miss with reason `remote-error`, and the step runs.
-#[derive(Debug, Clone, Copy)]
-pub struct TransferLimits {
-    /// No byte for this long: the transfer is given up (and the remote with it).
-    pub idle: Duration,
-    /// Fewer bytes than this per second, measured over each [`RATE_WINDOW`]: given up.
-    pub min_rate: u64,
-    /// No archive larger than this is fetched, whatever its envelope says.
-    pub max_archive: u64,
-    /// No envelope larger than this is read (a manifest of 100,000 inputs is ~15 MB).
-    pub max_envelope: u64,
-}
-
-/// The window over which [`TransferLimits::min_rate`] is measured.
-pub const RATE_WINDOW: Duration = Duration::from_secs(1);
-
-impl TransferLimits {
-    /// From the environment (`CAIRN_REMOTE_MIN_RATE` bytes per second,
-    /// `CAIRN_REMOTE_MAX_BYTES`), with the idle timeout the client's read timeout.
-    pub fn from_env(idle: Duration) -> TransferLimits {
-        let num = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-        TransferLimits {
-            idle,
-            min_rate: num("CAIRN_REMOTE_MIN_RATE", 64 << 10),
-            max_archive: num("CAIRN_REMOTE_MAX_BYTES", 4 << 30),
-            max_envelope: 64 << 20,
-        }
-    }
-}
-
-/// Copy at most `max` bytes from `reader` to `sink`, giving up when the reader stalls for
-/// `limits.idle`, moves fewer than `limits.min_rate` bytes a second, sends more than `max`,
-/// or the run is interrupted. The reading happens on a thread of its own, so none of these
-/// waits on a blocked `read`; a thread left blocked ends with the request's own timeout.
-pub fn copy_bounded(
-    reader: impl Read + Send + 'static,
-    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    max: u64,
-    limits: &TransferLimits,
-) -> Result<u64, RemoteError> {
-    use std::sync::mpsc::RecvTimeoutError;
-    let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
-    std::thread::spawn(move || {
-        let mut reader = reader;
-        loop {
-            let mut buf = vec![0u8; 256 << 10];
-            match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(buf)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    let started = std::time::Instant::now();
-    let (mut total, mut last_byte) = (0u64, started);
-    let (mut window_start, mut window_bytes) = (started, 0u64);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(chunk)) => {
-                total += chunk.len() as u64;
-                window_bytes += chunk.len() as u64;
-                last_byte = std::time::Instant::now();
-                if total > max {
-                    return Err(RemoteError::Tampered(format!(
-                        "the remote sent more than the {max} bytes it announced (or than CAIRN_REMOTE_MAX_BYTES allows)"
-                    )));
-                }
-                sink(&chunk).map_err(|e| RemoteError::Other(format!("saving the download: {e}")))?;
-            }
-            Ok(Err(e)) => return Err(RemoteError::Unavailable(format!("downloading: {e}"))),
-            Err(RecvTimeoutError::Disconnected) => return Ok(total),
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if crate::interrupt::interrupted() {
-            return Err(RemoteError::Unavailable("interrupted".into()));
-        }
-        let now = std::time::Instant::now();
-        if now.duration_since(last_byte) >= limits.idle {
-            return Err(RemoteError::Unavailable(format!(
-                "the download stalled: no data for {:.1}s after {total} bytes",
-                limits.idle.as_secs_f64()
-            )));
-        }
-        if now.duration_since(window_start) >= RATE_WINDOW {
-            let rate = window_bytes as f64 / now.duration_since(window_start).as_secs_f64();
-            if (rate as u64) < limits.min_rate {
-                return Err(RemoteError::Unavailable(format!(
-                    "the download is too slow ({rate:.0} bytes/s, under the minimum of {} bytes/s; CAIRN_REMOTE_MIN_RATE)",
-                    limits.min_rate
-                )));
-            }
-            (window_start, window_bytes) = (now, 0);
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
