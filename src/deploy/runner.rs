@@ -132,8 +132,42 @@ impl Runner<'_> {
         Err(format!("health check failed {} times: {}", h.retries.max(1), self.masker.mask(&last)))
     }
 
-    fn rollback_region(&self, region: Option<&str>, phase: usize) {
-        let Some(rb) = &self.env.rollback else { return };
+    /// Roll the environment back to this runner's release (`cairn rollback --to`, else
+    /// "previous"): blue-green switches traffic back to blue, which kept running; otherwise
+    /// the `rollback` command runs in every region, in reverse order. The one rollback rule,
+    /// shared by `cairn rollback` and a failing rollout (which rolls back region by region
+    /// with [`Runner::rollback_region`]). `Err` names where it failed.
+    pub fn roll_back(&self) -> Result<(), String> {
+        let vars = env_vars(self.pipeline, self.env_name, self.env);
+        match self.switch_back(0, &vars) {
+            Some(true) => {
+                for r in &self.env.regions {
+                    self.set_region(r, None); // green no longer serves anywhere
+                }
+                return Ok(());
+            }
+            Some(false) => return Err("switch back".into()),
+            None => {}
+        }
+        if self.env.rollback.is_none() {
+            return Err(format!(
+                "`{}` has no rollback command\n  hint: add `rollback: \"...\"` to it (or `switch_back` for blue-green)",
+                self.env_name
+            ));
+        }
+        let regions: Vec<Option<&str>> = if self.env.regions.is_empty() {
+            vec![None]
+        } else {
+            self.env.regions.iter().rev().map(|r| Some(r.as_str())).collect()
+        };
+        for (k, region) in regions.into_iter().enumerate() {
+            self.rollback_region(region, k).map_err(|_| region.unwrap_or("rollback").to_string())?;
+        }
+        Ok(())
+    }
+
+    fn rollback_region(&self, region: Option<&str>, phase: usize) -> Result<(), String> {
+        let Some(rb) = &self.env.rollback else { return Ok(()) };
         let vars = env_vars(self.pipeline, self.env_name, self.env);
         let cmd = render_env(rb, &vars, region, &self.release);
         let what = format!("rollback {}", region.unwrap_or("(all)"));
@@ -142,11 +176,14 @@ impl Runner<'_> {
         let r = self.run_cmd("rollback", &cmd, Some(Duration::from_secs(900)));
         // Not "done": the phase's last word is that it was undone, so a resume deploys it again.
         let state = if r.is_ok() { "rolled-back" } else { "rollback-failed" };
-        let _ = self.journal(phase, &what, state, &r.err().unwrap_or_default());
+        let _ = self.journal(phase, &what, state, &r.clone().err().unwrap_or_default());
         notify(self, "rolled-back", &format!("{} rolled back in {}", self.env_name, region.unwrap_or("all regions")));
-        if let Some(r) = region {
-            self.set_region(r, None);
+        if r.is_ok() {
+            if let Some(reg) = region {
+                self.set_region(reg, None);
+            }
         }
+        r
     }
 
     /// Run phases from `start`; `done_phases` are skipped (resume).
@@ -335,11 +372,11 @@ impl Runner<'_> {
 
     fn fail_policy(&self, phase: usize, failed: Option<&str>, completed: &[(usize, Option<String>)]) {
         if self.env.on_failure.rollback_failed {
-            self.rollback_region(failed, phase);
+            let _ = self.rollback_region(failed, phase); // journaled; the halt stands either way
         }
         if self.env.on_failure.rollback_completed {
             for (k, r) in completed.iter().rev() {
-                self.rollback_region(r.as_deref(), *k);
+                let _ = self.rollback_region(r.as_deref(), *k);
             }
         }
     }

@@ -7,16 +7,13 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
     let p = load_pipeline(&a.target.pipeline.pipeline)?;
     let env = p.environments.get(&a.env).ok_or_else(|| Error::Usage(format!("error: no environment `{}`", a.env)))?;
     // Blue-green keeps blue running: its fast rollback is moving traffic back.
-    let switch_back = match &env.strategy {
-        crate::model::Strategy::BlueGreen(bg) => bg.switch_back.clone(),
-        _ => None,
-    };
-    let Some(rb) = switch_back.as_ref().or(env.rollback.as_ref()) else {
+    let switch_back = matches!(&env.strategy, crate::model::Strategy::BlueGreen(bg) if bg.switch_back.is_some());
+    if !switch_back && env.rollback.is_none() {
         return Err(Error::Usage(format!(
             "error: `{}` has no rollback command\n  hint: add `rollback: \"...\"` to it (or `switch_back` for blue-green)",
             a.env
         )));
-    };
+    }
     let root = project_root(&a.target.pipeline.pipeline);
     let (store, _) = open_store(&a.target.store, &root)?;
     let ledger = open_ledger(&a.target.ledger, &p, &Arc::new(store))?;
@@ -51,45 +48,7 @@ pub fn rollback(a: &crate::cli::RollbackArgs) -> Result<(), Error> {
         lease.release(&ledger);
         return Err(store_err(e));
     }
-    let vars = crate::plan::trigger::env_vars(&p, &a.env, env);
-    let regions: Vec<Option<&str>> = if switch_back.is_some() {
-        vec![env.regions.first().map(String::as_str)] // one traffic switch
-    } else if env.regions.is_empty() {
-        vec![None]
-    } else {
-        env.regions.iter().rev().map(|r| Some(r.as_str())).collect()
-    };
-    let mut failed = None;
-    for region in regions {
-        let cmd = crate::plan::trigger::render_env(rb, &vars, region, &target);
-        let label = if switch_back.is_some() { "switch back" } else { region.unwrap_or("rollback") };
-        console.note(&format!("[{label}] $ {}", r.masker.mask(&cmd)));
-        let mut env_cmd = process::base_env([]);
-        env_cmd.extend(r.secret_env.clone());
-        let out = process::run(
-            &cmd,
-            &root,
-            &env_cmd,
-            Some(std::time::Duration::from_secs(900)),
-            &format!("[{label}]"),
-            &console,
-            &r.masker,
-        );
-        if !matches!(out.as_ref().map(|o| o.success()), Ok(true)) {
-            failed = Some(label.to_string());
-            break;
-        }
-        let cleared: Vec<&str> = if switch_back.is_some() {
-            env.regions.iter().map(String::as_str).collect() // green no longer serves anywhere
-        } else {
-            region.into_iter().collect()
-        };
-        for reg in cleared {
-            if let Err(e) = ledger.exec(Op::RegionClear { env: a.env.clone(), region: reg.to_string() }) {
-                console.note(&format!("warning: {e}"));
-            }
-        }
-    }
+    let failed = r.roll_back().err();
     let result = if failed.is_some() { "rollback-failed" } else { "rolled-back" };
     let finished = Op::RunResult {
         id: run_id.clone(),
