@@ -109,6 +109,64 @@ pub struct Pending {
     pub manifest: KeyManifest,
 }
 
+/// What finding a key in the stores gave.
+#[derive(Debug)]
+pub enum Found {
+    /// Stored: locally, or fetched from the remote cache and now stored locally (`remote`).
+    Hit { entry: Entry, remote: bool },
+    /// Nowhere to be had: the step runs. Why, and what a person should hear about it (a
+    /// remote entry refused, say).
+    Miss { pending: Pending, reasons: Vec<crate::plan::key::DirtyReason>, warnings: Vec<String> },
+}
+
+/// Where a step's entries are kept: found by key, restored into a worktree, read for their
+/// logs, and created only by committing a [`Pending`] after the step succeeded. The local
+/// store implements it; [`tiered::Tiered`] puts the remote cache behind it (a remote entry
+/// is committed locally before it is restored, so every restore goes through one extractor).
+pub trait EntryStore: Sync {
+    /// Find `key`; a miss says why, compared with what `root` used last.
+    fn find(&self, step: &str, key: &str, manifest: &KeyManifest, root: &Path) -> Result<Found, StoreError>;
+    fn commit(&self, pending: Pending, packed: Packed, duration_ms: u64) -> Result<Entry, StoreError>;
+    fn restore(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        outputs: &[String],
+        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        explain: bool,
+    ) -> Result<Restored, StoreError>;
+    fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError>;
+}
+
+impl EntryStore for Store {
+    fn find(&self, step: &str, key: &str, manifest: &KeyManifest, root: &Path) -> Result<Found, StoreError> {
+        Ok(match self.lookup(step, key, manifest)? {
+            Lookup::Hit(entry) => Found::Hit { entry, remote: false },
+            Lookup::Miss(pending, evicted) => Found::Miss {
+                reasons: miss_reasons(self, root, step, key, manifest, evicted),
+                pending,
+                warnings: Vec::new(),
+            },
+        })
+    }
+    fn commit(&self, pending: Pending, packed: Packed, duration_ms: u64) -> Result<Entry, StoreError> {
+        pending.commit(self, packed, duration_ms)
+    }
+    fn restore(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        outputs: &[String],
+        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        explain: bool,
+    ) -> Result<Restored, StoreError> {
+        Store::restore(self, entry, root, outputs, protected, explain)
+    }
+    fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        Store::read_logs(self, entry)
+    }
+}
+
 /// What a restore produced.
 #[derive(Debug)]
 pub struct Restored {

@@ -6,7 +6,7 @@
 //! every restore, whichever tier it came from, goes through the one hardened extractor.
 
 use super::remote::{Remote, RemoteError};
-use super::{Entry, Lookup, Pending, Store};
+use super::{Entry, Found as Found2, Lookup, Pending, Store, StoreError};
 use crate::plan::key::{DirtyReason, KeyManifest};
 use crate::plan::{self, Known};
 use std::path::Path;
@@ -69,6 +69,44 @@ impl Tiered<'_> {
                 Fetched::Failed { pending: again, reason, warning: None }
             }
         }
+    }
+}
+
+impl super::EntryStore for Tiered<'_> {
+    /// The local store first; after a local miss, the remote (fetched, verified, committed).
+    fn find(&self, step: &str, key: &str, manifest: &KeyManifest, root: &Path) -> Result<Found2, StoreError> {
+        let (pending, mut reasons) = match self.local.find(step, key, manifest, root)? {
+            hit @ Found2::Hit { .. } => return Ok(hit),
+            Found2::Miss { pending, reasons, .. } => (pending, reasons),
+        };
+        Ok(match self.fetch(pending) {
+            Fetched::Absent(pending) => Found2::Miss { pending, reasons, warnings: Vec::new() },
+            Fetched::Hit(entry) => Found2::Hit { entry, remote: true },
+            Fetched::Failed { pending, reason, warning } => {
+                if matches!(reason, DirtyReason::Signature { .. }) {
+                    reasons.insert(0, reason);
+                } else {
+                    reasons.push(reason);
+                }
+                Found2::Miss { pending, reasons, warnings: warning.into_iter().collect() }
+            }
+        })
+    }
+    fn commit(&self, pending: Pending, packed: super::archive::Packed, duration_ms: u64) -> Result<Entry, StoreError> {
+        pending.commit(self.local, packed, duration_ms)
+    }
+    fn restore(
+        &self,
+        entry: &Entry,
+        root: &Path,
+        outputs: &[String],
+        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        explain: bool,
+    ) -> Result<super::Restored, StoreError> {
+        self.local.restore(entry, root, outputs, protected, explain)
+    }
+    fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        self.local.read_logs(entry)
     }
 }
 

@@ -42,18 +42,34 @@ impl Job<'_> {
         if !node.step.cache {
             report.reasons.push(DirtyReason::NotCacheable);
         } else {
+            use crate::cache::{EntryStore, Found};
             let t = Instant::now();
-            let lookup = b.store.lookup(&node.name, &key, &self.manifest);
+            let forced = b.is_forced(self.node);
+            // Local, then remote (a forced step is run whatever is stored: no remote fetch).
+            let tiers = crate::cache::tiered::Tiered {
+                local: b.store,
+                remote: if forced { None } else { b.remote.as_deref() },
+                root: &b.root,
+            };
+            let found = tiers.find(&node.name, &key, &self.manifest, &b.root);
             phase(1, t);
-            match lookup {
+            match found {
                 Err(e) => {
                     b.console.note(&format!("warning: {}: store lookup failed, running the step: {e}", node.name));
                     report.warnings.push(format!("store lookup failed: {e}"));
                     report.reasons.push(DirtyReason::StoreError { detail: e.to_string() });
                 }
-                Ok(Lookup::Hit(entry)) if !b.is_forced(self.node) => {
-                    match self.restore_hit(&entry, &mut report, Status::HitLocal, &prefix) {
-                        Ok(()) => return report,
+                Ok(Found::Hit { .. }) if forced => {
+                    report.reasons.push(DirtyReason::Forced);
+                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned()));
+                }
+                Ok(Found::Hit { entry, remote }) => {
+                    let status = if remote { Status::HitRemote } else { Status::HitLocal };
+                    match self.restore_hit(&entry, &mut report, status, &prefix) {
+                        Ok(()) => {
+                            report.reasons.clear();
+                            return report;
+                        }
                         Err(e) => {
                             report.reasons.push(DirtyReason::Corrupt { detail: e.clone() });
                             b.console
@@ -65,21 +81,15 @@ impl Job<'_> {
                         }
                     }
                 }
-                Ok(Lookup::Hit(_)) => {
-                    report.reasons.push(DirtyReason::Forced);
-                    pending = Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned()));
-                }
-                Ok(Lookup::Miss(p, evicted)) => {
-                    report.reasons.extend(miss_reasons(b.store, &b.root, &node.name, &key, &self.manifest, evicted));
-                    if b.is_forced(self.node) {
-                        report.reasons.insert(0, DirtyReason::Forced);
-                        pending = Some(p);
-                    } else {
-                        match self.try_remote(p, &mut report, &prefix) {
-                            None => return report,
-                            Some(p) => pending = Some(p),
-                        }
+                Ok(Found::Miss { pending: p, reasons, warnings }) => {
+                    for w in warnings {
+                        b.console.note(&format!("warning: {}: {w}; running the step", node.name));
                     }
+                    report.reasons.extend(reasons);
+                    if forced {
+                        report.reasons.insert(0, DirtyReason::Forced);
+                    }
+                    pending = Some(p);
                 }
             }
         }
@@ -442,49 +452,6 @@ impl Job<'_> {
         report.contribution = Some(Upstream::of(has_outputs, &entry.key, &entry.outputs_digest));
         report.end_ms = self.t0.elapsed().as_millis() as u64;
         Ok(())
-    }
-
-    /// After a local miss: fetch from the remote, store locally, restore. Returns the pending
-    /// entry back when the step must run (`None`: it was a remote hit).
-    fn try_remote(
-        &self,
-        pending: crate::cache::Pending,
-        report: &mut StepReport,
-        prefix: &str,
-    ) -> Option<crate::cache::Pending> {
-        use crate::cache::tiered::{Fetched, Tiered};
-        let b = self.build;
-        let node = &b.graph.nodes[self.node];
-        let tiers = Tiered { local: b.store, remote: b.remote.as_deref(), root: &b.root };
-        let entry = match tiers.fetch(pending) {
-            Fetched::Absent(p) => return Some(p),
-            Fetched::Failed { pending, reason, warning } => {
-                if let Some(w) = warning {
-                    b.console.note(&format!("warning: {}: {w}; running the step", node.name));
-                }
-                if matches!(reason, DirtyReason::Signature { .. }) {
-                    report.reasons.insert(0, reason);
-                } else {
-                    report.reasons.push(reason);
-                }
-                return Some(pending);
-            }
-            Fetched::Hit(entry) => entry,
-        };
-        match self.restore_hit(&entry, report, Status::HitRemote, prefix) {
-            Ok(()) => {
-                report.reasons.clear();
-                None
-            }
-            Err(e) => {
-                report.reasons.push(DirtyReason::Corrupt { detail: e });
-                let key = self.manifest.key();
-                match b.store.lookup(&node.name, &key, &self.manifest) {
-                    Ok(Lookup::Miss(p, _)) => Some(p),
-                    _ => Some(b.store.pending_forced(&node.name, self.manifest.clone().into_owned())),
-                }
-            }
-        }
     }
 }
 
