@@ -24,9 +24,11 @@ mod reasons;
 pub mod remote;
 pub mod s3;
 pub mod tiered;
+mod worktree;
 
 pub use maintenance::{GcReport, VerifyReport};
 pub use reasons::{miss_reasons, why_missed};
+pub use worktree::Worktree;
 
 use crate::plan::key::KeyManifest;
 use archive::{ArchiveError, Limits, Packed, Unpacked};
@@ -298,18 +300,9 @@ impl Store {
         self.read_only
     }
 
-    /// Remove what killed restores left in a worktree's `.cairn-tmp/` (call with the
-    /// workspace lock held, so no running restore is touched).
-    pub fn clean_worktree_leftovers(root: &Path) -> usize {
-        let work = root.join(".cairn-tmp");
-        let mut n = 0;
-        for e in fs::read_dir(&work).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if (name.starts_with("restore-") || name.starts_with("old-")) && archive::remove_any(&e.path()).is_ok() {
-                n += 1;
-            }
-        }
-        n
+    /// What this store remembers about one worktree (see [`Worktree`]).
+    pub fn worktree<'a>(&'a self, root: &'a Path) -> Worktree<'a> {
+        Worktree::new(self, root)
     }
 
     pub fn dir(&self) -> &Path {
@@ -320,7 +313,7 @@ impl Store {
         self.dir.join("tmp")
     }
 
-    fn index(&self) -> MutexGuard<'_, Index> {
+    pub(crate) fn index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -370,123 +363,9 @@ impl Store {
         Ok(self.index().get(key)?.map(Entry::from))
     }
 
-    /// Remember which key each step used in `root` this run (see [`Store::previous_entry`]).
-    pub fn note_used(&self, root: &Path, pairs: &[(&str, &str)]) -> Result<(), StoreError> {
-        if pairs.is_empty() || self.read_only {
-            return Ok(());
-        }
-        Ok(self.index().set_last_keys(&root.display().to_string(), pairs, now_ms())?)
-    }
-
-    /// The entry to explain a key of `step` against: the one this worktree last used, if it
-    /// is not `key` itself and is still stored, else the newest other entry of the step.
-    pub fn previous_entry(&self, root: &Path, step: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        let last = self.index().last_key(&root.display().to_string(), step)?;
-        if let Some(last) = last.filter(|k| k != key) {
-            if let Some(e) = self.get(&last)? {
-                return Ok(Some(e));
-            }
-        }
-        self.latest_for_step(step, key)
-    }
-
-    /// The key `step` last used in `root`.
-    pub fn last_key(&self, root: &Path, step: &str) -> Option<String> {
-        self.index().last_key(&root.display().to_string(), step).ok().flatten()
-    }
-
     /// The newest entry of `step` other than `except_key`, for "why did this miss".
     pub fn latest_for_step(&self, step: &str, except_key: &str) -> Result<Option<Entry>, StoreError> {
         Ok(self.index().latest_for_step(step, except_key)?.map(Entry::from))
-    }
-
-    /// Record that `step`'s outputs in `root` are now those of `outputs_digest`.
-    ///
-    /// Returns when the outputs settle if the fingerprint recorded is racy (they were written
-    /// within a timestamp granule, [`crate::inputs::settles_ns`]): until it is recorded again
-    /// after that, the next check reads every output to confirm it. The executor does so at
-    /// the end of the build for the outputs that have settled by then.
-    pub fn record_installed(&self, root: &Path, step: &str, outputs: &[String], outputs_digest: &str) -> Option<i64> {
-        let now = crate::inputs::now_ns();
-        let (fp, settles) = crate::inputs::outputs_fingerprint(root, outputs)?;
-        let _ = self.index().set_installed(&root.display().to_string(), step, outputs_digest, &fp, now);
-        (settles > now).then_some(settles)
-    }
-
-    /// Record that `step`'s outputs in `root`, just packed, are those of `outputs_digest`,
-    /// with the packer's fingerprint (which saves a second stat of every output); without one
-    /// (a remote archive), a fresh one. Returns when the outputs settle if what it recorded is
-    /// racy, like [`Store::record_installed`].
-    pub fn record_packed(
-        &self,
-        root: &Path,
-        step: &str,
-        outputs: &[String],
-        outputs_digest: &str,
-        packed: Option<&archive::PackedFingerprint>,
-    ) -> Option<i64> {
-        match packed {
-            Some(fp) => {
-                let root = root.display().to_string();
-                let _ = self.index().set_installed(&root, step, outputs_digest, &fp.digest, fp.recorded_ns);
-                (fp.settles_ns > fp.recorded_ns).then_some(fp.settles_ns)
-            }
-            None => self.record_installed(root, step, outputs, outputs_digest),
-        }
-    }
-
-    /// Are `step`'s outputs in `root` still exactly what an earlier run or restore of
-    /// `outputs_digest` left there? (Stat fingerprint, with the racy-window guard.)
-    /// `fingerprint` takes the outputs' current stat fingerprint (possibly taken ahead).
-    pub fn outputs_in_place(
-        &self,
-        root: &Path,
-        step: &str,
-        outputs: &[String],
-        outputs_digest: &str,
-        fingerprint: impl FnOnce() -> Option<(String, i64)>,
-    ) -> bool {
-        let Ok(Some((digest, fp, recorded))) = self.index().installed(&root.display().to_string(), step) else {
-            return false;
-        };
-        if digest != outputs_digest {
-            return false;
-        }
-        match fingerprint() {
-            // Cairn installed these outputs and something touched them since: if only their
-            // times moved (a tool rewrote identical bytes), reading them is cheaper than
-            // restoring them, and says whether anything really changed.
-            Some((now_fp, _)) if now_fp != fp => {
-                let same = archive::outputs_digest(root, outputs).is_some_and(|d| d == outputs_digest);
-                if same {
-                    let _ = self.record_installed(root, step, outputs, outputs_digest);
-                }
-                same
-            }
-            Some((now_fp, settles)) if now_fp == fp => {
-                if settles <= recorded {
-                    return true;
-                }
-                // Recorded within the racy window: a same-granule change could hide behind an
-                // unchanged stat. Check the content, then record again (no longer racy).
-                let same = archive::outputs_digest(root, outputs).is_some_and(|d| d == outputs_digest);
-                if same {
-                    let _ = self.record_installed(root, step, outputs, outputs_digest);
-                }
-                same
-            }
-            _ => false,
-        }
-    }
-
-    /// The stat fingerprint recorded for `step`'s outputs in `root`.
-    pub fn installed_fingerprint(&self, root: &Path, step: &str) -> Option<String> {
-        self.index().installed(&root.display().to_string(), step).ok().flatten().map(|(_, fp, _)| fp)
-    }
-
-    /// The outputs digest cairn last installed (ran, or restored) for `step` in `root`.
-    pub fn installed_digest(&self, root: &Path, step: &str) -> Option<String> {
-        self.index().installed(&root.display().to_string(), step).ok().flatten().map(|(d, _, _)| d)
     }
 
     /// Replay an entry's logs without restoring its outputs.
@@ -590,19 +469,6 @@ impl Store {
 
     pub fn set_pinned(&self, key: &str, pinned: bool) -> Result<bool, StoreError> {
         Ok(self.index().set_pinned(key, pinned)?)
-    }
-
-    pub fn load_stat_cache(&self, root: &str) -> Result<std::collections::HashMap<String, StatEntry>, StoreError> {
-        Ok(self.index().load_stat_cache(root)?)
-    }
-
-    pub fn save_stat_cache(
-        &self,
-        root: &str,
-        base: std::collections::HashMap<String, StatEntry>,
-        rows: &[(String, StatEntry)],
-    ) -> Result<(), StoreError> {
-        Ok(self.index().save_stat_cache(root, base, rows)?)
     }
 
     /// The scan journal recorded for walk rules `sig`, if any and intact.
@@ -729,14 +595,15 @@ mod tests {
             recorded_ns,
         };
         // Read settled: recorded as packed, nothing left to confirm.
-        let settles = store.record_packed(&root, "s", &outs, "d", Some(&fp(now - 5_000_000_000, now - 3_000_000_000)));
+        let settles =
+            store.worktree(&root).record_packed("s", &outs, "d", Some(&fp(now - 5_000_000_000, now - 3_000_000_000)));
         assert_eq!((installed().1, installed().2, settles), ("packed".to_string(), now - 3_000_000_000, None));
         // Read before settling: recorded as packed all the same (no second stat pass), and the
         // caller learns when the outputs settle, to confirm them then.
-        let settles = store.record_packed(&root, "s", &outs, "d", Some(&fp(now + 1_000_000_000, now)));
+        let settles = store.worktree(&root).record_packed("s", &outs, "d", Some(&fp(now + 1_000_000_000, now)));
         assert_eq!((installed().1, settles), ("packed".to_string(), Some(now + 1_000_000_000)));
         // No packer fingerprint (a remote archive): a fresh one.
-        store.record_packed(&root, "s", &outs, "d", None);
+        store.worktree(&root).record_packed("s", &outs, "d", None);
         assert_eq!(installed().1, fresh);
     }
 }

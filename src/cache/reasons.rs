@@ -28,7 +28,7 @@ pub fn miss_reasons(
 /// revert, the newest entry is another branch's, whose differences nobody made here), else
 /// with the newest entry of the step.
 pub fn why_missed(store: &Store, root: &Path, step: &str, key: &str, manifest: &KeyManifest) -> Vec<DirtyReason> {
-    match store.previous_entry(root, step, key) {
+    match store.worktree(root).previous_entry(step, key) {
         Ok(Some(prev)) => match prev.manifest() {
             Some(old) => {
                 let d = diff(&old, manifest);

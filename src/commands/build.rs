@@ -19,7 +19,7 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let _lock = exec::workspace::WorkspaceLock::acquire(&root, !args.no_wait, |who| {
         eprintln!("cairn: waiting for another build of this workspace to finish ({who})");
     })?;
-    let cleaned = crate::cache::Store::clean_worktree_leftovers(&root);
+    let cleaned = crate::cache::Worktree::clean_leftovers(&root);
     if cleaned > 0 {
         eprintln!("cairn: removed {cleaned} leftover(s) of an interrupted restore from .cairn-tmp/");
     }

@@ -35,8 +35,9 @@ pub fn run(args: &WhyArgs) -> Result<(), Error> {
         let stored_now = store.get(&key).map_err(|e| Error::Io(format!("error: {e}")))?;
         // Explain the key against the entry this worktree last used for the step (after a
         // revert the newest entry is another branch's), else the newest other entry.
-        let last_here = store.last_key(&root, &n.name);
-        let previous = store.previous_entry(&root, &n.name, &key).map_err(|e| Error::Io(format!("error: {e}")))?;
+        let last_here = store.worktree(&root).last_key(&n.name);
+        let previous =
+            store.worktree(&root).previous_entry(&n.name, &key).map_err(|e| Error::Io(format!("error: {e}")))?;
         let mut reasons: Vec<serde_json::Value> = Vec::new();
         let mut text: Vec<String> = Vec::new();
         let hit = stored_now.is_some() && n.step.cache;

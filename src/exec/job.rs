@@ -251,8 +251,7 @@ impl Job<'_> {
                             );
                         }
                         if has_outputs {
-                            let settles = b.store.record_packed(
-                                &b.root,
+                            let settles = b.store.worktree(&b.root).record_packed(
                                 &node.name,
                                 &node.outputs,
                                 &entry.outputs_digest,
@@ -330,7 +329,7 @@ impl Job<'_> {
             if other.step.outputs.is_empty() {
                 continue;
             }
-            let Some(recorded) = b.store.installed_fingerprint(&b.root, &other.name) else { continue };
+            let Some(recorded) = b.store.worktree(&b.root).installed_fingerprint(&other.name) else { continue };
             if inputs::outputs_fingerprint(&b.root, &other.outputs).is_some_and(|(fp, _)| fp == recorded) {
                 continue;
             }
@@ -402,7 +401,12 @@ impl Job<'_> {
             None => inputs::outputs_fingerprint(&b.root, &node.outputs),
         };
         let in_place = has_outputs
-            && b.store.outputs_in_place(&b.root, &node.name, &node.outputs, &entry.outputs_digest, fingerprint);
+            && b.store.worktree(&b.root).outputs_in_place(
+                &node.name,
+                &node.outputs,
+                &entry.outputs_digest,
+                fingerprint,
+            );
         if !in_place && has_outputs {
             if let Some(p) = b.prefetch {
                 p.wrote(self.node); // about to restore into the worktree
@@ -420,7 +424,8 @@ impl Job<'_> {
             })
         } else {
             // Outputs cairn itself installed with these very bytes were edited: say which file.
-            let explain = b.store.installed_digest(&b.root, &node.name).is_some_and(|d| d == entry.outputs_digest);
+            let explain =
+                b.store.worktree(&b.root).installed_digest(&node.name).is_some_and(|d| d == entry.outputs_digest);
             let protected = |rel: &str| self.protected(rel);
             b.store.restore(entry, &b.root, &node.outputs, &protected, explain).inspect(|r| {
                 if let Some(what) = &r.changed {
@@ -434,7 +439,8 @@ impl Job<'_> {
                     b.console.note(&format!("{prefix} {msg}"));
                     report.warnings.push(msg);
                 }
-                let settles = b.store.record_installed(&b.root, &node.name, &node.outputs, &entry.outputs_digest);
+                let settles =
+                    b.store.worktree(&b.root).record_installed(&node.name, &node.outputs, &entry.outputs_digest);
                 self.unsettled(settles, &entry.outputs_digest);
             })
         };

@@ -120,7 +120,7 @@ impl Build<'_> {
             if settles <= now {
                 let n = &self.graph.nodes[node];
                 let fingerprint = || inputs::outputs_fingerprint(&self.root, &n.outputs);
-                let _ = self.store.outputs_in_place(&self.root, &n.name, &n.outputs, &digest, fingerprint);
+                let _ = self.store.worktree(&self.root).outputs_in_place(&n.name, &n.outputs, &digest, fingerprint);
             }
         }
     }
@@ -276,7 +276,7 @@ impl Build<'_> {
             .filter(|r| r.status.is_hit() || r.status == Status::Ran)
             .filter_map(|r| r.key.as_deref().map(|k| (r.name.as_str(), k)))
             .collect();
-        if let Err(e) = self.store.note_used(&self.root, &used) {
+        if let Err(e) = self.store.worktree(&self.root).note_used(&used) {
             self.console.note(&format!("warning: could not record the keys this run used: {e}"));
         }
         BuildOutcome { steps, wall_ms: t0.elapsed().as_millis() as u64, interrupted, scan: prepared.scan }

@@ -233,9 +233,8 @@ pub fn prepare(
     let mut snap = match replayed {
         Some(snap) => snap,
         None => {
-            let root_key = root.display().to_string();
             let t = Instant::now();
-            let cache = store.load_stat_cache(&root_key).unwrap_or_else(|e| {
+            let cache = store.worktree(root).load_stat_cache().unwrap_or_else(|e| {
                 warnings.push(format!("could not read the stat cache (every input is hashed): {e}"));
                 Default::default()
             });
@@ -245,7 +244,7 @@ pub fn prepare(
             timing("walk and hash inputs", t);
             let t = Instant::now();
             if !store.is_read_only() {
-                if let Err(e) = store.save_stat_cache(&root_key, cache, &snap.updates) {
+                if let Err(e) = store.worktree(root).save_stat_cache(cache, &snap.updates) {
                     warnings.push(format!("could not save the stat cache (the next run hashes again): {e}"));
                 }
             }
