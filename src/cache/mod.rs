@@ -423,8 +423,12 @@ impl Store {
             crate::inputs::timing("restore: install", t);
             r
         });
-        let _ = archive::remove_any(&staging);
-        let _ = fs::remove_dir(&work);
+        // Interrupted, the half-extracted staging directory is left for the next build's
+        // leftover cleaning: removing thousands of files would hold Ctrl-C up for seconds.
+        if !matches!(result, Err(ArchiveError::Interrupted)) {
+            let _ = archive::remove_any(&staging);
+            let _ = fs::remove_dir(&work);
+        }
         match result {
             Ok((unpacked, changed)) => {
                 if !self.read_only {

@@ -70,6 +70,11 @@ impl Job<'_> {
                             report.reasons.clear();
                             return report;
                         }
+                        Err(_) if process::interrupted() => {
+                            report.status = Status::Cancelled;
+                            report.detail = Some("interrupted".into());
+                            return report;
+                        }
                         Err(e) => {
                             report.reasons.push(DirtyReason::Corrupt { detail: e.clone() });
                             b.console

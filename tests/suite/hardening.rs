@@ -875,3 +875,37 @@ fn a_read_only_store_restores_hits_and_stores_nothing() {
         p.run(&["build", "-p", "pipelines/test.ron", "--cache-dir", dst.to_str().unwrap(), "--summary", "json"]).ok();
     assert_eq!(step(&r.json(), "b")["status"], "ran", "nothing was stored");
 }
+
+/// Ctrl-C in the middle of restoring thousands of files: the run ends within a second, the
+/// old outputs are untouched (nothing half-installed), and the next run cleans up and restores.
+#[test]
+fn ctrl_c_during_a_large_restore_ends_the_run_within_a_second() {
+    let p = Project::new().pipeline(
+        r#"Pipeline(name: "big", steps: {"many": (run: "mkdir -p out && cd out && seq 1 20000 | xargs -n 500 touch && echo done", outputs: ["out/"])})"#,
+    );
+    p.run(BUILD).ok();
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    let child = p.command(BUILD).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    let staging = || {
+        std::fs::read_dir(p.path().join(".cairn-tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("restore-"))
+    };
+    while !staging() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the restore never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sigint(&child);
+    let (took, r) = wait_at_most(child, Duration::from_secs(10));
+    assert!(took < Duration::from_millis(1500), "took {took:?} to stop: {}", r.stderr);
+    assert_eq!(r.code, 130, "{}", r.stderr);
+    if !p.path().join("out").exists() {
+        // Not installed half-way: the next run cleans the leftovers and restores everything.
+        let r = p.run(BUILD).ok();
+        assert!(p.path().join("out/20000").exists(), "{}", r.stderr);
+    }
+    assert!(!staging(), "leftovers cleaned");
+}

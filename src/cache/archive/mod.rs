@@ -77,6 +77,8 @@ pub enum ArchiveError {
     Unsafe { entry: String, problem: String },
     #[error("output `{0}` changed while it was being stored (is a process the step started still writing?)")]
     ChangedWhilePacking(String),
+    #[error("interrupted")]
+    Interrupted,
     #[error("blob digest mismatch: expected {expected}, found {found}")]
     Digest { expected: String, found: String },
     #[error("{context}: {source}")]
@@ -288,6 +290,9 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 fn append_items<W: Write>(b: &mut tar::Builder<W>, items: &[Item]) -> Result<(u64, bool), ArchiveError> {
     let (mut raw_bytes, mut unsettled) = (0, false);
     for it in items {
+        if crate::interrupt::interrupted() {
+            return Err(ArchiveError::Interrupted);
+        }
         match &it.kind {
             Kind::Dir => {
                 let mut h = header(tar::EntryType::Directory, it.mode, 0);

@@ -222,6 +222,9 @@ fn read_entries(
         if writer_error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             break;
         }
+        if crate::interrupt::interrupted() {
+            return Err(ArchiveError::Interrupted);
+        }
         let mut entry =
             entry.map_err(|e| ArchiveError::Io { context: "reading an archive entry".into(), source: e })?;
         let raw_bytes = entry.path_bytes().into_owned();

@@ -143,7 +143,7 @@ impl Remote {
             let handle = std::thread::spawn(move || {
                 let mut stats = UploadStats::default();
                 for u in rx {
-                    if r.is_down() {
+                    if r.is_down() || crate::interrupt::interrupted() {
                         stats.failed += 1;
                         continue;
                     }
@@ -567,10 +567,20 @@ impl Remote {
     }
 
     /// Wait for queued uploads (called before cairn exits).
+    /// Wait for queued uploads to finish (each bounded by its own timeout); on Ctrl-C, stop
+    /// waiting at once: an upload cut short is never visible (the envelope goes last).
     pub fn flush(&self) -> UploadStats {
         drop(self.upload_tx.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let handle = self.upload_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        handle.and_then(|h| h.join().ok()).unwrap_or_default()
+        let Some(handle) = self.upload_thread.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return UploadStats::default();
+        };
+        while !handle.is_finished() {
+            if crate::interrupt::interrupted() {
+                return UploadStats::default();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handle.join().unwrap_or_default()
     }
 }
 
