@@ -33,6 +33,7 @@ impl<'a> Worktree<'a> {
                 n += 1;
             }
         }
+        let _ = fs::remove_dir(&work); // only if nothing else is in it
         n
     }
 

@@ -282,7 +282,10 @@ fn a_second_build_waits_saying_who_holds_the_workspace_or_fails_fast_with_no_wai
     let p = Project::new().pipeline(r#"Pipeline(name: "w", steps: {"slow": (run: "sleep 2", cache: false)})"#);
     let first = p.command(BUILD).stderr(Stdio::piped()).spawn().unwrap();
     let t = Instant::now();
-    while !p.path().join(".cairn-tmp/build.lock").exists() || p.read(".cairn-tmp/build.lock").is_empty() {
+    // The first build has the lock once it says who it is (outside the worktree).
+    let root = std::fs::canonicalize(p.path()).unwrap();
+    let holder = cairn::exec::workspace::holder_file(&root);
+    while !std::fs::read_to_string(&holder).is_ok_and(|s| s.contains(&format!("pid {}", first.id()))) {
         assert!(t.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(10));
     }
