@@ -329,9 +329,16 @@ impl Store {
         r
     }
 
+    /// Where the blob of `digest` lives. A digest that is not 64 lowercase hex characters
+    /// (a damaged or hostile index row) names a path that never exists inside the store, so
+    /// it reads as a missing blob and nothing outside `blobs/` is ever opened or removed.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let shard = digest.get(..2).unwrap_or("00");
-        self.dir.join("blobs").join(shard).join(format!("{digest}.tar.zst"))
+        let valid = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid {
+            let name = blake3::hash(digest.as_bytes()).to_hex();
+            return self.dir.join("blobs").join("invalid").join(format!("{name}.not-a-digest"));
+        }
+        self.dir.join("blobs").join(&digest[..2]).join(format!("{digest}.tar.zst"))
     }
 
     /// Look `key` (the key of `manifest`, computed once by the caller) up. The manifest is

@@ -912,3 +912,23 @@ fn ctrl_c_during_a_large_restore_ends_the_run_within_a_second() {
     }
     assert!(!staging(), "leftovers cleaned");
 }
+
+/// An index row naming a blob outside the store (a hostile or damaged `index.sqlite`) reads as
+/// a missing blob: nothing outside `blobs/` is opened or removed, and the step runs.
+#[test]
+fn an_index_row_pointing_outside_the_store_touches_nothing_there() {
+    let p = Project::new().pipeline(SIMPLE);
+    p.run(BUILD).ok();
+    let victim = p.path().join("victim.tar.zst");
+    std::fs::write(&victim, "precious").unwrap();
+    let db = rusqlite::Connection::open(p.path().join("cache/index.sqlite")).unwrap();
+    db.execute("UPDATE entries SET blob = '../victim'", []).unwrap(); // blobs/../../victim.tar.zst
+    drop(db);
+    std::fs::remove_dir_all(p.path().join("out")).unwrap();
+    let v = summary(&p, &[]);
+    assert_eq!(step(&v, "gen")["status"], "ran", "{v}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    p.run(&["cache", "verify"]).ok();
+    p.run(&["cache", "gc", "--max-size", "0"]).ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+}
