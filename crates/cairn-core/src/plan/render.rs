@@ -86,3 +86,19 @@ pub fn text(p: &Pipeline, g: &Graph) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's graph, drawn: a change to matrix expansion, ordering, required steps or the
+    /// drawing itself shows up as a snapshot diff (`cargo insta review`).
+    #[test]
+    fn the_seed_graph_drawn() {
+        let p = crate::model::load("automata-signal.ron", include_bytes!("../../../../pipelines/automata-signal.ron"))
+            .unwrap();
+        let g = Graph::build(&p).unwrap();
+        insta::assert_snapshot!("seed_mermaid", mermaid(&p, &g));
+        insta::assert_snapshot!("seed_text", text(&p, &g));
+    }
+}

@@ -393,3 +393,59 @@ pub fn plan_environment(
         secrets: env.secrets.names().map(String::from).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Event;
+
+    /// The seed's workflow, compiled in: no file is read when the tests run.
+    const SEED: &[u8] = include_bytes!("../../../../pipelines/automata-signal.ron");
+
+    fn plan(
+        event: Event,
+        branch: Option<&str>,
+        inputs: &[(&str, &str)],
+    ) -> Result<(Vec<String>, Vec<String>), TriggerError> {
+        let p = crate::model::load("automata-signal.ron", SEED).unwrap();
+        let g = Graph::build(&p).unwrap();
+        let req = TriggerRequest {
+            event,
+            branch: branch.map(String::from),
+            inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let run = plan_trigger(&p, &g, &req)?;
+        let mut steps: Vec<String> = run.steps.iter().map(|&i| g.nodes[i].name.clone()).collect();
+        steps.sort();
+        Ok((steps, run.environments.iter().map(|e| e.name.clone()).collect()))
+    }
+
+    #[test]
+    fn the_seed_workflows_events_plan_as_its_yaml_says() {
+        let verify = ["compile", "credo", "deps", "dialyzer", "format", "migrations", "sobelow", "test"];
+        type Case = (Event, Option<&'static str>, &'static [(&'static str, &'static str)], &'static [&'static str]);
+        let cases: &[Case] = &[
+            (Event::Push, Some("main"), &[], &["production"]),
+            (Event::Push, Some("develop"), &[], &["development"]),
+            (Event::PullRequest, Some("main"), &[], &[]),
+            (Event::Manual, None, &[("environment", "staging")], &["staging"]),
+        ];
+        for (event, branch, inputs, envs) in cases {
+            let (steps, got) = plan(*event, *branch, inputs).unwrap();
+            assert_eq!(steps, verify, "{event:?} {branch:?}");
+            assert_eq!(got, *envs, "{event:?} {branch:?} {inputs:?}");
+        }
+        // A branch no trigger covers runs nothing; a push without a branch is an error.
+        assert_eq!(plan(Event::Push, Some("feature/x"), &[]).unwrap(), (vec![], vec![]));
+        assert_eq!(plan(Event::Push, None, &[]), Err(TriggerError::BranchNeeded("push")));
+    }
+
+    #[test]
+    fn an_environments_required_steps_are_one_rule() {
+        let p = crate::model::load("automata-signal.ron", SEED).unwrap();
+        // Production names its requirements; a manual run's environment takes the trigger's steps.
+        let prod = required_steps(&p, "production", None);
+        assert!(prod.contains(&"test".to_string()) && !prod.contains(&"audit".to_string()), "{prod:?}");
+        assert!(required_steps(&p, "nowhere", None).is_empty());
+    }
+}
