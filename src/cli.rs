@@ -44,6 +44,10 @@ pub enum Command {
     Cache(CacheCommand),
     /// Explain what changed in a step's key since its previous entry.
     Why(WhyArgs),
+    /// Check that stored steps are reproducible: rebuild them in a scratch copy of the
+    /// worktree and compare their outputs with the stored entries, file by file (exit 1 on a
+    /// difference).
+    Verify(VerifyArgs),
     /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
     Report(ReportArgs),
     /// Serve a remote cache (Turborepo remote-cache API v8) for CI runners and turbo.
@@ -435,6 +439,19 @@ pub struct StoreArg {
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Rebuild the steps and compare (the only check `cairn verify` makes).
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Steps to check (default: every cacheable step with a stored entry).
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct BuildArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
@@ -466,6 +483,14 @@ pub struct BuildArgs {
     /// Fail at once (exit 5) if another build holds this workspace, instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+    /// After the build, rebuild this share of its hits (0.0–1.0, chosen at random) in a
+    /// scratch copy and compare them with their entries, as `cairn verify --rebuild` does; a
+    /// step found not reproducible fails the build (exit 1) and is named in the summary.
+    #[arg(long, value_name = "FRACTION")]
+    pub rebuild_sample: Option<f64>,
+    /// Upload the entries of steps marked `reproducible: false` to the remote too.
+    #[arg(long)]
+    pub share_unreproducible: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -505,5 +530,16 @@ pub enum CacheCommand {
         steps: Vec<String>,
         #[arg(long)]
         unpin: bool,
+    },
+    /// Drop every entry of steps and of the steps that depend on them, so the next build
+    /// rebuilds them (a step found not reproducible, a suspected bad entry).
+    Quarantine {
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Steps whose entries (and their dependents') to drop.
+        #[arg(required = true)]
+        steps: Vec<String>,
     },
 }

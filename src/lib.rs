@@ -104,6 +104,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Build(args) => commands::build::run(&args),
         Command::Cache(cmd) => commands::cache::run(&cmd),
         Command::Why(args) => commands::why::run(&args),
+        Command::Verify(args) => commands::verify::run(&args),
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),

@@ -29,7 +29,9 @@ impl<'a> Worktree<'a> {
         let mut n = 0;
         for e in fs::read_dir(&work).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if (name.starts_with("restore-") || name.starts_with("old-")) && archive::remove_any(&e.path()).is_ok() {
+            if (name.starts_with("restore-") || name.starts_with("old-") || name.starts_with("rebuild-"))
+                && archive::remove_any(&e.path()).is_ok()
+            {
                 n += 1;
             }
         }

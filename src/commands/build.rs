@@ -37,13 +37,80 @@ pub fn run(args: &BuildArgs) -> Result<(), Error> {
     let started_at = crate::cache::now_ms();
     let prefetch = exec::Prefetch::new(&g, &selected);
     // The outputs are fingerprinted on their own thread while the inputs are scanned.
-    let (outcome, prepared, remote_trouble) = std::thread::scope(|s| -> Result<_, Error> {
+    let selected_all = selected.clone();
+    let (mut outcome, prepared, remote_trouble) = std::thread::scope(|s| -> Result<_, Error> {
         s.spawn(|| prefetch.run(&g, &root));
         let r = build_with(args, &p, &g, &root, &store, &cache_dir, selected, jobs, &prefetch, t_all);
         prefetch.stop(); // the prefetcher stops at its next step
         r
     })?;
-    finish(Finish { args, g: &g, store: &store, started_at, t_all, outcome, prepared, remote_trouble })
+    let unreproducible = match args.rebuild_sample {
+        Some(fraction) if !outcome.interrupted => {
+            rebuild_sample(fraction, &p, &g, &store, &root, &cache_dir, &prepared, &selected_all, &mut outcome)?
+        }
+        _ => Vec::new(),
+    };
+    finish(Finish { args, g: &g, store: &store, started_at, t_all, outcome, prepared, remote_trouble })?;
+    if unreproducible.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StepFailed(format!(
+        "error: not reproducible: {}\n  hint: `cairn verify --rebuild {}` shows every difference; `cairn cache quarantine {}` drops the entries",
+        unreproducible.join(", "),
+        unreproducible.join(" "),
+        unreproducible.join(" ")
+    )))
+}
+
+/// `--rebuild-sample FRACTION`: rebuild a random share of this build's hits and compare them
+/// with their entries; each step found not reproducible gets a warning in the summary. Returns
+/// their names.
+#[allow(clippy::too_many_arguments)]
+fn rebuild_sample(
+    fraction: f64,
+    p: &crate::model::Pipeline,
+    g: &Graph,
+    store: &crate::cache::Store,
+    root: &std::path::Path,
+    cache_dir: &std::path::Path,
+    prepared: &exec::Prepared,
+    selected: &[usize],
+    outcome: &mut exec::BuildOutcome,
+) -> Result<Vec<String>, Error> {
+    if !(0.0..=1.0).contains(&fraction) {
+        return Err(Error::Usage(format!("error: --rebuild-sample {fraction}: give a fraction from 0 to 1")));
+    }
+    let hits: Vec<usize> = selected
+        .iter()
+        .zip(&outcome.steps)
+        .filter(|(_, r)| r.status == exec::Status::HitLocal || r.status == exec::Status::HitRemote)
+        .map(|(&i, _)| i)
+        .filter(|_| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            (u64::from_le_bytes(b) as f64 / u64::MAX as f64) < fraction
+        })
+        .collect();
+    if hits.is_empty() {
+        return Ok(Vec::new());
+    }
+    eprintln!("cairn: rebuilding {} of {} hits to check they are reproducible", hits.len(), selected.len());
+    let states = super::plan::predict(g, selected, prepared, store);
+    let console = process::Console::new(false);
+    // Verdicts go to stderr: stdout may carry the JSON summary.
+    let verdicts = super::verify::check_and_say(p, g, store, root, cache_dir, prepared, &states, &hits, &console, true);
+    let mut bad = Vec::new();
+    for (i, v) in verdicts {
+        if let exec::rebuild::Verdict::Differs(d) = v {
+            let name = g.nodes[i].name.clone();
+            if let Some(r) = outcome.steps.iter_mut().find(|r| r.name == name) {
+                let first = d.first().and_then(|l| l.lines().next()).unwrap_or("outputs differ").to_string();
+                r.warnings.push(format!("not reproducible: rebuilt differently ({first})"));
+            }
+            bad.push(name);
+        }
+    }
+    Ok(bad)
 }
 
 /// Scan the inputs, then run the build.
@@ -82,6 +149,7 @@ fn build_with(
         prefetch: Some(prefetch),
         started: t_all,
         runner: &exec::runner::LocalProcess,
+        share_unreproducible: args.share_unreproducible,
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();

@@ -107,5 +107,32 @@ pub fn run(cmd: &CacheCommand) -> Result<(), Error> {
                 )))
             }
         }
+        CacheCommand::Quarantine { pipeline, store, steps } => {
+            let p = load_pipeline(&pipeline.pipeline)?;
+            let g = crate::plan::Graph::build(&p)?;
+            let root = project_root(&pipeline.pipeline);
+            let (s, _) = open_store(store, &root)?;
+            let named: Vec<usize> = g
+                .closure(steps)?
+                .into_iter()
+                .filter(|&i| steps.iter().any(|t| g.nodes[i].name == *t || g.nodes[i].base == *t))
+                .collect();
+            let dropped_steps: std::collections::BTreeSet<usize> =
+                named.iter().flat_map(|&i| std::iter::once(i).chain(g.dependents(i))).collect();
+            let names: std::collections::BTreeSet<&str> =
+                dropped_steps.iter().map(|&i| g.nodes[i].name.as_str()).collect();
+            let mut dropped = 0;
+            for e in s.entries().map_err(io)? {
+                if names.contains(e.step.as_str()) {
+                    s.drop_entry(&e.key, "quarantined").map_err(io)?;
+                    dropped += 1;
+                }
+            }
+            println!(
+                "quarantined {}: {dropped} entries dropped; the next build runs them again",
+                names.iter().copied().collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod plan;
 pub mod report;
 pub mod serve;
+pub mod verify;
 pub mod why;
 
 use crate::error::Error;

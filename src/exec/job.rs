@@ -241,7 +241,8 @@ impl Job<'_> {
                                 }
                             }
                         }
-                        if let Some(remote) = &b.remote {
+                        let shareable = node.step.reproducible != Some(false) || b.share_unreproducible;
+                        if let Some(remote) = b.remote.as_ref().filter(|_| shareable) {
                             remote.upload_later(
                                 &node.name,
                                 &self.manifest,

@@ -14,6 +14,7 @@
 
 pub mod probe;
 pub mod process;
+pub mod rebuild;
 pub mod runner;
 pub mod secrets;
 pub mod services;
@@ -81,6 +82,8 @@ pub struct Build<'a> {
     pub started: Instant,
     /// Where step commands run (see [`runner`]).
     pub runner: &'a dyn runner::StepRunner,
+    /// Upload the entries of steps marked `reproducible: false` too.
+    pub share_unreproducible: bool,
 }
 
 /// How many steps may be in flight (looking up, restoring, or waiting for a command slot).

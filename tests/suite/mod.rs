@@ -7,6 +7,7 @@ mod hostile;
 mod pipeline;
 pub mod remote;
 mod report;
+mod reproducible;
 mod s3;
 mod snapshots;
 mod verify;

@@ -70,3 +70,94 @@ pub fn find_in_outputs(
     }
     None
 }
+
+/// Every difference between a stored entry's outputs (extracted into `stored`) and a rebuild
+/// of them (in `rebuilt`), each said the way a person checks it: a short unified diff for a
+/// text file, sizes and the first differing byte for a binary one, or what is missing or extra.
+pub fn differences(stored: &Path, rebuilt: &Path, outputs: &[String]) -> Vec<String> {
+    let (a, b) = (list(stored, outputs), list(rebuilt, outputs));
+    let there: std::collections::HashMap<&str, &Item> = b.iter().map(|i| (i.rel.as_str(), i)).collect();
+    let mut out = Vec::new();
+    for it in &a {
+        let Some(w) = there.get(it.rel.as_str()) else {
+            out.push(format!("{}: stored, but the rebuild did not produce it", it.rel));
+            continue;
+        };
+        match (&it.kind, &w.kind) {
+            (Kind::Dir, Kind::Dir) => {}
+            (Kind::Symlink(x), Kind::Symlink(y)) if x == y => {}
+            (Kind::Symlink(x), Kind::Symlink(y)) => {
+                out.push(format!("{}: a link to `{}`, rebuilt as a link to `{}`", it.rel, x.display(), y.display()))
+            }
+            (Kind::File, Kind::File) => {
+                let (x, y) = (fs::read(&it.abs).unwrap_or_default(), fs::read(&w.abs).unwrap_or_default());
+                if x != y {
+                    out.push(describe_file_change(&it.rel, &x, &y));
+                } else if it.mode != w.mode {
+                    out.push(format!("{}: mode {:o}, rebuilt as {:o}", it.rel, it.mode, w.mode));
+                }
+            }
+            _ => out.push(format!("{}: a different kind of entry in the rebuild", it.rel)),
+        }
+    }
+    let stored_names: HashSet<&str> = a.iter().map(|i| i.rel.as_str()).collect();
+    for w in b.iter().filter(|w| !stored_names.contains(w.rel.as_str())) {
+        out.push(format!("{}: produced by the rebuild, not in the stored entry", w.rel));
+    }
+    out
+}
+
+/// One changed file: a unified diff of the changed lines (text), or sizes and the first
+/// differing offset (binary).
+fn describe_file_change(rel: &str, old: &[u8], new: &[u8]) -> String {
+    const MAX_LINES: usize = 12;
+    match (std::str::from_utf8(old), std::str::from_utf8(new)) {
+        (Ok(x), Ok(y)) if !x.contains('\0') && !y.contains('\0') => {
+            let (xl, yl): (Vec<&str>, Vec<&str>) = (x.lines().collect(), y.lines().collect());
+            let prefix = xl.iter().zip(&yl).take_while(|(a, b)| a == b).count();
+            let suffix = xl[prefix..].iter().rev().zip(yl[prefix..].iter().rev()).take_while(|(a, b)| a == b).count();
+            let (gone, came) = (&xl[prefix..xl.len() - suffix], &yl[prefix..yl.len() - suffix]);
+            let mut s = format!(
+                "{rel}: differs\n--- stored/{rel}\n+++ rebuilt/{rel}\n@@ -{},{} +{},{} @@",
+                prefix + 1,
+                gone.len(),
+                prefix + 1,
+                came.len()
+            );
+            for l in gone.iter().take(MAX_LINES) {
+                s.push_str(&format!("\n-{l}"));
+            }
+            for l in came.iter().take(MAX_LINES) {
+                s.push_str(&format!("\n+{l}"));
+            }
+            if gone.len() > MAX_LINES || came.len() > MAX_LINES {
+                s.push_str("\n…");
+            }
+            if gone.is_empty() && came.is_empty() {
+                s.push_str("\n(only line endings or the final newline differ)");
+            }
+            s
+        }
+        _ => {
+            let at = old.iter().zip(new).position(|(a, b)| a != b).unwrap_or(old.len().min(new.len()));
+            format!("{rel}: binary, {} bytes stored, {} rebuilt, first difference at byte {at}", old.len(), new.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_text_file_is_shown_as_a_short_diff_and_a_binary_by_offset() {
+        let d = describe_file_change(
+            "out/v.txt",
+            b"name: app\nbuilt: 2026-12-01\nend\n",
+            b"name: app\nbuilt: 2026-12-02\nend\n",
+        );
+        assert_eq!(d, "out/v.txt: differs\n--- stored/out/v.txt\n+++ rebuilt/out/v.txt\n@@ -2,1 +2,1 @@\n-built: 2026-12-01\n+built: 2026-12-02");
+        let b = describe_file_change("out/x.bin", b"\0\x01\x02\x03", b"\0\x01\x09\x03\x04");
+        assert_eq!(b, "out/x.bin: binary, 4 bytes stored, 5 rebuilt, first difference at byte 2");
+    }
+}

@@ -28,7 +28,7 @@ mod install;
 mod links;
 mod unpack;
 
-pub use compare::{changed_since, find_in_outputs, first_difference};
+pub use compare::{changed_since, differences, find_in_outputs, first_difference};
 pub use install::{install, linked_ancestor, remove_any};
 use links::check_links;
 pub use links::LinkRules;

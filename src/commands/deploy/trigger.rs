@@ -26,6 +26,8 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
         summary_file: None,
         remote: a.remote.clone(),
         no_wait: false,
+        rebuild_sample: None,
+        share_unreproducible: false,
     };
     crate::commands::build::run(&build)?;
     let console = Console::new(false);

@@ -288,6 +288,10 @@ pub struct Step {
     /// pipeline's `cache: (store_outputs_with_secret: ...)`).
     #[serde(default)]
     pub store_outputs_with_secret: Option<bool>,
+    /// `false`: the step is known not to rebuild byte for byte (`cairn verify --rebuild` found
+    /// it so). Its entries stay local unless a build passes `--share-unreproducible`.
+    #[serde(default)]
+    pub reproducible: Option<bool>,
     /// Expand into one step per combination: `{ "otp": ["26", "27"] }`; values are usable as
     /// `{matrix.otp}` and reach the step as `MATRIX_OTP`.
     #[serde(default)]
