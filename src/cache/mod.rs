@@ -111,6 +111,9 @@ pub struct Pending {
     pub manifest: KeyManifest,
 }
 
+/// Why a restored link may not lead to a worktree path, if so (see [`archive::LinkRules`]).
+pub type Protected<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
+
 /// What finding a key in the stores gave.
 #[derive(Debug)]
 pub enum Found {
@@ -134,7 +137,7 @@ pub trait EntryStore: Sync {
         entry: &Entry,
         root: &Path,
         outputs: &[String],
-        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        protected: Protected,
         explain: bool,
     ) -> Result<Restored, StoreError>;
     fn read_logs(&self, entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), StoreError>;
@@ -159,7 +162,7 @@ impl EntryStore for Store {
         entry: &Entry,
         root: &Path,
         outputs: &[String],
-        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        protected: Protected,
         explain: bool,
     ) -> Result<Restored, StoreError> {
         Store::restore(self, entry, root, outputs, protected, explain)
@@ -400,7 +403,7 @@ impl Store {
         entry: &Entry,
         root: &Path,
         outputs: &[String],
-        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        protected: Protected,
         explain: bool,
     ) -> Result<Restored, StoreError> {
         let blob = self.blob_path(&entry.blob);

@@ -100,7 +100,7 @@ impl super::EntryStore for Tiered<'_> {
         entry: &Entry,
         root: &Path,
         outputs: &[String],
-        protected: &(dyn Fn(&str) -> Option<String> + Sync),
+        protected: super::Protected,
         explain: bool,
     ) -> Result<super::Restored, StoreError> {
         self.local.restore(entry, root, outputs, protected, explain)

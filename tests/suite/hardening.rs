@@ -381,10 +381,7 @@ fn leftovers_of_a_killed_restore_are_cleaned_on_the_next_run() {
 /// no partial archive. (A 1 MiB tmpfs: needs root, which CI has.)
 #[test]
 fn a_full_disk_skips_storing_with_a_warning_and_keeps_building() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED a_full_disk_skips_storing_with_a_warning_and_keeps_building: mounting a tmpfs needs root");
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+    if !as_root("a_full_disk_skips_storing_with_a_warning_and_keeps_building", "mounting a tmpfs") {
         return;
     }
     let p = Project::new().pipeline(
@@ -394,19 +391,7 @@ fn a_full_disk_skips_storing_with_a_warning_and_keeps_building() {
            })"#,
     );
     let cache = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(cache.path())
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(cache.path().to_path_buf());
+    let _m = Mounted::new(cache.path(), &["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
     let dir = cache.path().join("c");
     let r =
         p.run(&["build", "-p", "pipelines/test.ron", "--cache-dir", dir.to_str().unwrap(), "--summary", "json"]).ok();
@@ -414,6 +399,38 @@ fn a_full_disk_skips_storing_with_a_warning_and_keeps_building() {
     assert_eq!(step(&r.json(), "after")["status"], "ran");
     let leftovers: Vec<_> = std::fs::read_dir(dir.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leftovers.is_empty(), "partial archives left: {leftovers:?}");
+}
+
+/// Tests that mount filesystems need root, which CI has: elsewhere they say they skipped.
+fn as_root(test: &str, what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: {what} needs root");
+    assert!(std::env::var_os("CI").is_none(), "CI must run {test} as root");
+    false
+}
+
+/// A mount at `at`, unmounted when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn new(at: &std::path::Path, args: &[&str]) -> Mounted {
+        let ok = std::process::Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(ok.success(), "mount {args:?} {}", at.display());
+        Mounted(at.to_path_buf())
+    }
+    fn remount(at: &std::path::Path, options: &str) {
+        let ok = std::process::Command::new("mount").args(["-o", options]).arg(at).status().unwrap();
+        assert!(ok.success(), "mount -o {options} {}", at.display());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 // ---- 5. exact restores ----------------------------------------------------------------------
@@ -839,10 +856,7 @@ fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
 /// read-only bind mount needs root, which CI has.)
 #[test]
 fn a_read_only_store_restores_hits_and_stores_nothing() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED a_read_only_store_restores_hits_and_stores_nothing: a read-only bind mount needs root");
-        assert!(std::env::var_os("CI").is_none(), "CI must run this test as root");
+    if !as_root("a_read_only_store_restores_hits_and_stores_nothing", "a read-only bind mount") {
         return;
     }
     let p = Project::new().pipeline(
@@ -854,17 +868,9 @@ fn a_read_only_store_restores_hits_and_stores_nothing() {
     p.write("src/x", "1");
     p.run(BUILD).ok();
     let ro = tempfile::tempdir().unwrap();
-    let mount = |args: &[&str]| assert!(std::process::Command::new("mount").args(args).status().unwrap().success());
     let (src, dst) = (p.path().join("cache"), ro.path().to_path_buf());
-    mount(&["--bind", src.to_str().unwrap(), dst.to_str().unwrap()]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(dst.clone());
-    mount(&["-o", "remount,ro,bind", dst.to_str().unwrap()]);
+    let _m = Mounted::new(&dst, &["--bind", src.to_str().unwrap()]);
+    Mounted::remount(&dst, "remount,ro,bind");
     std::fs::remove_file(p.path().join("a.txt")).unwrap();
     p.write("src/x", "2"); // b must run; a is a hit
     let r =
