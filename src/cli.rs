@@ -491,6 +491,28 @@ pub struct BuildArgs {
     /// Upload the entries of steps marked `reproducible: false` to the remote too.
     #[arg(long)]
     pub share_unreproducible: bool,
+    /// Sandbox every step this way, whatever the pipeline says: `enforce` or `off`.
+    #[arg(long, value_enum)]
+    pub sandbox: Option<SandboxArg>,
+    /// Fail a step that should be sandboxed where the machine cannot (no Landlock), instead
+    /// of running it unsandboxed with a warning.
+    #[arg(long)]
+    pub require_sandbox: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SandboxArg {
+    Enforce,
+    Off,
+}
+
+impl From<SandboxArg> for crate::model::SandboxMode {
+    fn from(a: SandboxArg) -> Self {
+        match a {
+            SandboxArg::Enforce => crate::model::SandboxMode::Enforce,
+            SandboxArg::Off => crate::model::SandboxMode::Off,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

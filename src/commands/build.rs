@@ -128,6 +128,12 @@ fn build_with(
     t_all: std::time::Instant,
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
     let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
+    let landlock = exec::sandbox::abi();
+    if landlock.is_none() && !args.require_sandbox && args.sandbox != Some(crate::cli::SandboxArg::Off) {
+        eprintln!(
+            "warning: this machine has no Landlock (Linux 5.13 or later with Landlock enabled): steps run unsandboxed, so a hit rests on declared inputs only\n  hint: --require-sandbox makes this an error"
+        );
+    }
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
@@ -150,6 +156,9 @@ fn build_with(
         started: t_all,
         runner: &exec::runner::LocalProcess,
         share_unreproducible: args.share_unreproducible,
+        sandbox_override: args.sandbox.map(Into::into),
+        landlock,
+        require_sandbox: args.require_sandbox,
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();

@@ -35,6 +35,7 @@ impl Job<'_> {
             warnings: vec![],
             contribution: None,
             missing_secret: None,
+            sandbox: None,
         };
         let has_outputs = !node.step.outputs.is_empty();
         let prefix = format!("[{}]", node.name);
@@ -136,6 +137,21 @@ impl Job<'_> {
             }
         }
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
+        let policy = match self.sandbox_policy() {
+            Ok(p) => p,
+            Err(e) => {
+                b.console.note(&format!("{prefix} error: {e}"));
+                report.status = Status::Failed;
+                report.detail = Some(e);
+                report.end_ms = self.t0.elapsed().as_millis() as u64;
+                return report;
+            }
+        };
+        report.sandbox = Some(match (&policy, b.landlock) {
+            (Some(_), Some(abi)) => format!("landlock (ABI {abi})"),
+            (None, _) if self.sandbox_mode() == crate::model::SandboxMode::Enforce => "unavailable".to_string(),
+            _ => "off".to_string(),
+        });
         let started_ns = inputs::now_ns();
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
         let cmd = runner::StepCommand {
@@ -145,9 +161,13 @@ impl Job<'_> {
             env: &env,
             timeout: node.step.timeout.map(|d| d.0),
             prefix: &prefix,
+            sandbox: policy.as_ref().map(|p| (b.root.as_path(), p)),
         };
         let outcome = b.runner.run(&cmd, b.console, &self.prepared.masker);
         report.end_ms = self.t0.elapsed().as_millis() as u64;
+        if let Some(p) = &policy {
+            p.unmake();
+        }
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -217,7 +237,14 @@ impl Job<'_> {
         match packed {
             Err(archive::ArchiveError::MissingOutput(o)) => {
                 report.status = Status::Failed;
-                report.detail = Some(format!("declared output `{o}` was not produced"));
+                let made = policy.iter().flat_map(|p| &p.made).any(|(d, _)| d.ends_with(&o));
+                report.detail = Some(if made {
+                    format!(
+                        "declared output `{o}` was not produced (the sandbox made it, empty, before the step ran, and the step left it so)"
+                    )
+                } else {
+                    format!("declared output `{o}` was not produced")
+                });
                 report.contribution = None;
             }
             Err(e) => {
@@ -315,6 +342,93 @@ impl Job<'_> {
             .copied()
             .find(|&n| inside(n))
             .map(|n| format!("a directory holding inputs of step `{}`", g.nodes[n].name))
+    }
+
+    /// The sandbox mode in force for this step: `--sandbox`, else the step's, else the
+    /// pipeline's, else `Enforce` for a cacheable step and `Off` for one that is not.
+    fn sandbox_mode(&self) -> crate::model::SandboxMode {
+        use crate::model::SandboxMode;
+        let b = self.build;
+        let step = &b.graph.nodes[self.node].step;
+        let default = if step.cache { SandboxMode::Enforce } else { SandboxMode::Off };
+        b.sandbox_override.or(step.sandbox).or(b.pipeline.sandbox).unwrap_or(default)
+    }
+
+    /// What the step may touch, when it is to be sandboxed and can be (see [`sandbox`]).
+    /// `Err` when it must be (`--require-sandbox`) and cannot.
+    fn sandbox_policy(&self) -> Result<Option<sandbox::Policy>, String> {
+        let b = self.build;
+        let g = b.graph;
+        let node = &g.nodes[self.node];
+        if self.sandbox_mode() == crate::model::SandboxMode::Off {
+            return Ok(None);
+        }
+        if b.landlock.is_none() {
+            if b.require_sandbox {
+                return Err("this machine has no Landlock (Linux 5.13 or later with Landlock enabled), and --require-sandbox is set".into());
+            }
+            return Ok(None);
+        }
+        let declared = step_inputs(b.pipeline, &node.step);
+        let mut policy = sandbox::Policy {
+            read: sandbox::input_rules(
+                &declared.include,
+                &declared.exclude,
+                self.manifest.inputs.keys().cloned(),
+                |tree| {
+                    walkdir::WalkDir::new(b.root.join(tree))
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| !e.file_type().is_dir())
+                        .count()
+                },
+            ),
+            ..Default::default()
+        };
+        // The outputs of every step it needs, directly or not.
+        let mut stack = node.needs.clone();
+        let mut seen = BTreeSet::new();
+        while let Some(d) = stack.pop() {
+            if seen.insert(d) {
+                let (outs, _) = archive::split_outputs(&g.nodes[d].outputs);
+                policy.read.extend(outs);
+                stack.extend(g.nodes[d].needs.iter().copied());
+            }
+        }
+        // Its own outputs and scratch: directories made now (rules attach to existing
+        // paths); a file output may be created in its directory.
+        for out in node.step.outputs.iter().chain(&node.step.scratch) {
+            let rel = archive::normalize_output(out);
+            let is_dir = out.ends_with('/') || b.root.join(&rel).is_dir() || node.step.scratch.contains(out);
+            if archive::linked_ancestor(&b.root, &rel).is_some() {
+                // Never make anything through a link (it may lead out of the workspace).
+            } else if is_dir {
+                let dir = b.root.join(&rel);
+                if !dir.exists() && std::fs::create_dir_all(&dir).is_ok() && !node.step.scratch.contains(out) {
+                    policy.made.push((dir, None));
+                }
+            } else {
+                // A file output: made empty now, so a rule can name it alone (a rule on its
+                // directory would let the step write anywhere below it). The step writes it in
+                // place; one written elsewhere and renamed over it is refused.
+                let file = b.root.join(&rel);
+                if !file.exists() {
+                    if let Some(parent) = file.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    if std::fs::File::create(&file).is_ok() {
+                        let at = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+                        policy.made.push((file, at));
+                    }
+                }
+            }
+            policy.write.insert(rel);
+        }
+        if !node.step.network {
+            let ports = node.step.services.iter().filter_map(|s| self.services.port_of(s)).collect();
+            policy.connect = Some(ports);
+        }
+        Ok(Some(policy))
     }
 
     /// Did the step write into the outputs of a step it needs (done earlier in this build)?

@@ -16,6 +16,7 @@ pub mod probe;
 pub mod process;
 pub mod rebuild;
 pub mod runner;
+pub mod sandbox;
 pub mod secrets;
 pub mod services;
 pub mod workspace;
@@ -84,6 +85,12 @@ pub struct Build<'a> {
     pub runner: &'a dyn runner::StepRunner,
     /// Upload the entries of steps marked `reproducible: false` too.
     pub share_unreproducible: bool,
+    /// `--sandbox`: overrides the pipeline's and the steps' own.
+    pub sandbox_override: Option<crate::model::SandboxMode>,
+    /// The Landlock ABI of this kernel, if it has Landlock.
+    pub landlock: Option<i32>,
+    /// `--require-sandbox`: a step that should be sandboxed fails where it cannot be.
+    pub require_sandbox: bool,
 }
 
 /// How many steps may be in flight (looking up, restoring, or waiting for a command slot).
@@ -304,6 +311,7 @@ fn blank_report(name: &str, status: Status, detail: String, t0: Instant) -> Step
         warnings: vec![],
         contribution: None,
         missing_secret: None,
+        sandbox: None,
     }
 }
 

@@ -282,6 +282,30 @@ pub fn run(
     run_opts(command, cwd, env, timeout, prefix, console, masker, true)
 }
 
+/// [`run`] under a Landlock ruleset (see `exec::sandbox`), applied in the child just before
+/// the command runs.
+#[allow(clippy::too_many_arguments)]
+pub fn run_sandboxed(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    prefix: &str,
+    console: &Console,
+    masker: &Masker,
+    ruleset: landlock::RulesetCreated,
+) -> std::io::Result<Outcome> {
+    let mut slot = Some(ruleset);
+    let hook = move || match slot.take() {
+        Some(r) => super::sandbox::restrict(r),
+        None => Ok(()),
+    };
+    run_inner(command, cwd, env, timeout, prefix, console, masker, true, Some(Box::new(hook)))
+}
+
+/// A hook run in the child between fork and exec.
+type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
 /// [`run`], choosing whether Ctrl-C stops the command (`cancellable`) or lets it finish: a
 /// deploy phase is never cut off midway; the deploy halts after it.
 #[allow(clippy::too_many_arguments)]
@@ -294,6 +318,21 @@ pub fn run_opts(
     console: &Console,
     masker: &Masker,
     cancellable: bool,
+) -> std::io::Result<Outcome> {
+    run_inner(command, cwd, env, timeout, prefix, console, masker, cancellable, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_inner(
+    command: &str,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Option<Duration>,
+    prefix: &str,
+    console: &Console,
+    masker: &Masker,
+    cancellable: bool,
+    pre_exec: Option<PreExec>,
 ) -> std::io::Result<Outcome> {
     let started = Instant::now();
     let mut cmd = Command::new("sh");
@@ -313,6 +352,11 @@ pub fn run_opts(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+        if let Some(hook) = pre_exec {
+            // The ruleset was built (paths opened, memory allocated) in the parent; the hook
+            // only makes two system calls.
+            cmd.pre_exec(hook);
+        }
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();

@@ -156,6 +156,7 @@ fn check_one(
             env: &env,
             timeout: n.step.timeout.map(|d| d.0),
             prefix: &prefix,
+            sandbox: None,
         };
         let outcome = super::runner::LocalProcess.run(&cmd, console, &prepared.masker);
         svcs.stop_all();

@@ -24,6 +24,8 @@ pub struct StepCommand<'a> {
     pub timeout: Option<Duration>,
     /// The `[step]` prefix of its output lines.
     pub prefix: &'a str,
+    /// The workspace root and what the step may touch in it; `None`: not sandboxed.
+    pub sandbox: Option<(&'a Path, &'a super::sandbox::Policy)>,
 }
 
 /// Runs step commands.
@@ -38,6 +40,12 @@ pub struct LocalProcess;
 
 impl StepRunner for LocalProcess {
     fn run(&self, cmd: &StepCommand, console: &Console, masker: &Masker) -> std::io::Result<Outcome> {
-        process::run(cmd.command, cmd.cwd, cmd.env, cmd.timeout, cmd.prefix, console, masker)
+        match cmd.sandbox {
+            None => process::run(cmd.command, cmd.cwd, cmd.env, cmd.timeout, cmd.prefix, console, masker),
+            Some((root, policy)) => {
+                let ruleset = super::sandbox::ruleset(root, policy).map_err(std::io::Error::other)?;
+                process::run_sandboxed(cmd.command, cmd.cwd, cmd.env, cmd.timeout, cmd.prefix, console, masker, ruleset)
+            }
+        }
     }
 }

@@ -277,6 +277,12 @@ impl<'a> Services<'a> {
         let _ = std::fs::remove_dir_all(&r.dir);
     }
 
+    /// The port a running service listens on (for the sandbox's network rule).
+    pub fn port_of(&self, name: &str) -> Option<u16> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.get(name).and_then(|r| r.vars.get("port")).and_then(|p| p.parse().ok())
+    }
+
     /// Stop everything still running (end of run, failure, Ctrl-C).
     pub fn stop_all(&self) {
         let all: Vec<(String, Running)> = self.running.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();

@@ -33,6 +33,10 @@ pub struct StepSummary {
     pub end_ms: u64,
     pub worker: usize,
     pub warnings: Vec<String>,
+    /// The sandbox the step's command ran in (`landlock`, `off`, `unavailable`); absent when it
+    /// did not run. Added within schema 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ fn step_summary(r: &StepReport) -> StepSummary {
         end_ms: r.end_ms,
         worker: r.worker,
         warnings: r.warnings.clone(),
+        sandbox: r.sandbox.clone(),
     }
 }
 
@@ -265,5 +270,16 @@ pub fn table(s: &RunSummary, color: bool) -> String {
         ms(t.saved_ms),
         ms(t.wall_ms)
     );
+    // Which sandbox the commands that ran were in, grouped: `sandbox: landlock (ABI 7): a, b`.
+    let mut by: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for st in &s.steps {
+        if let Some(sb) = &st.sandbox {
+            by.entry(sb.as_str()).or_default().push(st.name.as_str());
+        }
+    }
+    if !by.is_empty() {
+        let parts: Vec<String> = by.iter().map(|(sb, names)| format!("{sb}: {}", names.join(", "))).collect();
+        let _ = writeln!(o, "sandbox: {}", parts.join(" · "));
+    }
     o
 }

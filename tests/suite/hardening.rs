@@ -391,7 +391,7 @@ fn a_full_disk_skips_storing_with_a_warning_and_keeps_building() {
            })"#,
     );
     let cache = tempfile::tempdir().unwrap();
-    let _m = Mounted::new(cache.path(), &["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
+    let Some(_m) = Mounted::new(cache.path(), &["-t", "tmpfs", "-o", "size=1m", "tmpfs"]) else { return };
     let dir = cache.path().join("c");
     let r =
         p.run(&["build", "-p", "pipelines/test.ron", "--cache-dir", dir.to_str().unwrap(), "--summary", "json"]).ok();
@@ -416,10 +416,16 @@ fn as_root(test: &str, what: &str) -> bool {
 struct Mounted(std::path::PathBuf);
 
 impl Mounted {
-    fn new(at: &std::path::Path, args: &[&str]) -> Mounted {
-        let ok = std::process::Command::new("mount").args(args).arg(at).status().unwrap();
-        assert!(ok.success(), "mount {args:?} {}", at.display());
-        Mounted(at.to_path_buf())
+    /// Mount, or `None` (said, and only outside CI) where mounting is not permitted, as in a
+    /// Landlock sandbox (cairn's own pipeline runs its tests in one).
+    fn new(at: &std::path::Path, args: &[&str]) -> Option<Mounted> {
+        let ok = std::process::Command::new("mount").args(args).arg(at).stderr(Stdio::null()).status().unwrap();
+        if !ok.success() {
+            eprintln!("SKIPPED: mount {args:?} is not permitted here");
+            assert!(std::env::var_os("CI").is_none(), "CI must be able to mount {args:?}");
+            return None;
+        }
+        Some(Mounted(at.to_path_buf()))
     }
     fn remount(at: &std::path::Path, options: &str) {
         let ok = std::process::Command::new("mount").args(["-o", options]).arg(at).status().unwrap();
@@ -718,7 +724,12 @@ fn an_elixir_project_with_git_deps_restored_into_a_fresh_checkout_is_a_no_op_fro
 
 #[test]
 fn a_step_writing_into_another_steps_outputs_is_named_and_restores_them_once() {
+    // Unsandboxed: under the sandbox the write itself is refused (mix names the file).
     let Some((_dep, p)) = mix_project("") else { return };
+    p.write(
+        "pipelines/test.ron",
+        &p.read("pipelines/test.ron").replace("Pipeline(name: \"app\",", "Pipeline(name: \"app\", sandbox: Off,"),
+    );
     let r = p.run(BUILD).ok();
     assert!(
         r.stderr.contains(
@@ -869,7 +880,7 @@ fn a_read_only_store_restores_hits_and_stores_nothing() {
     p.run(BUILD).ok();
     let ro = tempfile::tempdir().unwrap();
     let (src, dst) = (p.path().join("cache"), ro.path().to_path_buf());
-    let _m = Mounted::new(&dst, &["--bind", src.to_str().unwrap()]);
+    let Some(_m) = Mounted::new(&dst, &["--bind", src.to_str().unwrap()]) else { return };
     Mounted::remount(&dst, "remount,ro,bind");
     std::fs::remove_file(p.path().join("a.txt")).unwrap();
     p.write("src/x", "2"); // b must run; a is a hit

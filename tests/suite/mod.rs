@@ -9,5 +9,6 @@ pub mod remote;
 mod report;
 mod reproducible;
 mod s3;
+mod sandbox;
 mod snapshots;
 mod verify;

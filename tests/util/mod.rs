@@ -126,5 +126,10 @@ pub fn to_run(out: Output) -> Run {
 
 /// Run cairn in the repository itself (for the shipped pipelines).
 pub fn in_repo(args: &[&str]) -> Run {
-    to_run(cairn().args(args).current_dir(repo_root()).output().expect("run cairn"))
+    // A store of its own: tests never read or write the repository's `cache/` (which a
+    // sandboxed run of cairn's own pipeline cannot even see).
+    let store = tempfile::tempdir().expect("tempdir");
+    to_run(
+        cairn().args(args).current_dir(repo_root()).env("CAIRN_CACHE_DIR", store.path()).output().expect("run cairn"),
+    )
 }

@@ -52,6 +52,9 @@ pub struct StepReport {
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub contribution: Option<Upstream>,
+    /// The sandbox the step's command ran in (`landlock`, `off`, `unavailable`); `None` when
+    /// it did not run.
+    pub sandbox: Option<String>,
     /// The step could not run because one of its secrets is missing (the whole message).
     #[serde(skip)]
     pub missing_secret: Option<String>,

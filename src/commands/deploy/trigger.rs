@@ -28,6 +28,8 @@ pub fn run_trigger(a: &crate::cli::RunArgs) -> Result<(), Error> {
         no_wait: false,
         rebuild_sample: None,
         share_unreproducible: false,
+        sandbox: None,
+        require_sandbox: false,
     };
     crate::commands::build::run(&build)?;
     let console = Console::new(false);

@@ -185,6 +185,10 @@ pub struct Pipeline {
     /// Local store settings.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// How steps are sandboxed (default: `Enforce` for cacheable steps where the kernel has
+    /// Landlock; a step's own `sandbox` wins).
+    #[serde(default)]
+    pub sandbox: Option<SandboxMode>,
     /// The shared remote cache (flags and `CAIRN_REMOTE` / `CAIRN_TOKEN` override it).
     #[serde(default)]
     pub remote: Option<RemoteSettings>,
@@ -288,6 +292,17 @@ pub struct Step {
     /// pipeline's `cache: (store_outputs_with_secret: ...)`).
     #[serde(default)]
     pub store_outputs_with_secret: Option<bool>,
+    /// How this step is sandboxed (default: the pipeline's `sandbox`, else `Enforce` for a
+    /// cacheable step and `Off` for one with `cache: false`).
+    #[serde(default)]
+    pub sandbox: Option<SandboxMode>,
+    /// The step connects to the network (`mix deps.get`, `cargo fetch`): the sandbox lets it.
+    #[serde(default)]
+    pub network: bool,
+    /// Paths in the workspace the step may write but that are not outputs (not stored, not
+    /// anyone's input): cargo's `target/`, a tool's cache directory.
+    #[serde(default)]
+    pub scratch: Vec<String>,
     /// `false`: the step is known not to rebuild byte for byte (`cairn verify --rebuild` found
     /// it so). Its entries stay local unless a build passes `--share-unreproducible`.
     #[serde(default)]
@@ -361,6 +376,16 @@ pub enum Probe {
     Tcp(String),
     /// An HTTP GET answers 2xx: `Http("http://127.0.0.1:{port}/health")`.
     Http(String),
+}
+
+/// How a step is sandboxed.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Inside the workspace the step reads only its declared inputs, the outputs of the steps
+    /// it needs and its own outputs, and writes only its outputs and `scratch` paths.
+    Enforce,
+    /// No sandbox.
+    Off,
 }
 
 /// Where a secret's value comes from.

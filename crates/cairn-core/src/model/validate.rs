@@ -203,6 +203,9 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for (_, v) in step.env.iter() {
             c.template(name, "env", v, &defined);
         }
+        for s in &step.scratch {
+            c.relative_path(name, "scratch path", s);
+        }
         for out in &step.outputs {
             c.relative_path(name, "output", out);
             let norm = out.trim_end_matches('/').trim_start_matches("./").to_string();

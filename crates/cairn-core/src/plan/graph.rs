@@ -107,6 +107,8 @@ impl Graph {
                     render(t, lookup).map_err(|ph| GraphError::Placeholder { step: name.clone(), placeholder: ph })
                 };
                 let run = fill(&step.run)?;
+                let mut this = step.clone();
+                this.scratch = step.scratch.iter().map(|s| fill(s)).collect::<Result<_, _>>()?;
                 let mut env = BTreeMap::new();
                 for (k, v) in step.env.iter() {
                     env.insert(k.clone(), fill(v)?);
@@ -122,7 +124,7 @@ impl Graph {
                     run,
                     env,
                     needs: Vec::new(),
-                    step: step.clone(),
+                    step: this,
                     outputs: step.outputs.clone(),
                 });
             }
