@@ -129,7 +129,11 @@ fn build_with(
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
     let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
     let landlock = exec::sandbox::abi();
-    if landlock.is_none() && !args.require_sandbox && args.sandbox != Some(crate::cli::SandboxArg::Off) {
+    let over = args.sandbox.map(crate::model::SandboxMode::from);
+    let wanted = selected
+        .iter()
+        .any(|&i| crate::model::SandboxMode::for_step(over, &g.nodes[i].step, p) == crate::model::SandboxMode::Enforce);
+    if landlock.is_none() && wanted && !args.require_sandbox {
         eprintln!(
             "warning: this machine has no Landlock (Linux 5.13 or later with Landlock enabled): steps run unsandboxed, so a hit rests on declared inputs only\n  hint: --require-sandbox makes this an error"
         );

@@ -344,14 +344,10 @@ impl Job<'_> {
             .map(|n| format!("a directory holding inputs of step `{}`", g.nodes[n].name))
     }
 
-    /// The sandbox mode in force for this step: `--sandbox`, else the step's, else the
-    /// pipeline's, else `Enforce` for a cacheable step and `Off` for one that is not.
+    /// The sandbox mode in force for this step (see [`crate::model::SandboxMode::for_step`]).
     fn sandbox_mode(&self) -> crate::model::SandboxMode {
-        use crate::model::SandboxMode;
         let b = self.build;
-        let step = &b.graph.nodes[self.node].step;
-        let default = if step.cache { SandboxMode::Enforce } else { SandboxMode::Off };
-        b.sandbox_override.or(step.sandbox).or(b.pipeline.sandbox).unwrap_or(default)
+        crate::model::SandboxMode::for_step(b.sandbox_override, &b.graph.nodes[self.node].step, b.pipeline)
     }
 
     /// What the step may touch, when it is to be sandboxed and can be (see [`sandbox`]).

@@ -1,5 +1,5 @@
-//! Issue 15: hermetic steps. A cacheable step runs under Landlock by default: inside the
-//! workspace it reads only its declared inputs, the outputs of the steps it needs and its
+//! Issue 15: hermetic steps. A cacheable step of a pipeline with `sandbox: Enforce` runs
+//! under Landlock: inside the workspace it reads only its declared inputs, the outputs of the steps it needs and its
 //! own outputs, writes only its outputs (and `scratch`), and connects only to its services'
 //! ports unless it declares `network: true`.
 
@@ -40,7 +40,7 @@ fn an_undeclared_read_is_denied_naming_the_file_and_nothing_is_stored() {
     }
     let p = Project::new()
         .pipeline(
-            r#"Pipeline(name: "s", steps: {
+            r#"Pipeline(name: "s", sandbox: Enforce, steps: {
                  "gen": (run: "mkdir -p out && cat src/a.txt > out/a.txt", inputs: ["src/**"], outputs: ["out/"]),
                  "use": (run: "cat out/a.txt src/a.txt > all.txt", needs: ["gen"], inputs: ["src/a.txt"], outputs: ["all.txt"]),
                  "sneaky": (run: "cat notes/undeclared.txt > b.txt", inputs: ["src/a.txt"], outputs: ["b.txt"]),
@@ -78,7 +78,7 @@ fn a_git_ignored_file_read_by_a_declared_one_is_denied() {
     // config/config.exs imports a git-ignored config/local.exs: the glob `config/**` never
     // matches the ignored file, so a hit would rest on it. Under the sandbox it is denied.
     let p = Project::new()
-        .pipeline(r#"Pipeline(name: "g", steps: {"compile": (run: "cat config/config.exs $(cat config/config.exs) > out.txt", inputs: ["config/**"], outputs: ["out.txt"])})"#)
+        .pipeline(r#"Pipeline(name: "g", sandbox: Enforce, steps: {"compile": (run: "cat config/config.exs $(cat config/config.exs) > out.txt", inputs: ["config/**"], outputs: ["out.txt"])})"#)
         .file(".gitignore", "config/local.exs\n")
         .file("config/config.exs", "config/local.exs\n")
         .file("config/local.exs", "secret local settings\n");
@@ -93,7 +93,7 @@ fn a_write_outside_the_outputs_is_denied_and_scratch_is_writable() {
     }
     let p = Project::new()
         .pipeline(
-            r#"Pipeline(name: "w", steps: {
+            r#"Pipeline(name: "w", sandbox: Enforce, steps: {
                  "stray": (run: "echo x > src/generated.txt; echo ok > out.txt", inputs: ["src/**"], outputs: ["out.txt"]),
                  "tool": (run: "mkdir -p target/debug && echo cache > target/debug/c && echo ok > out2.txt", inputs: ["src/**"], outputs: ["out2.txt"], scratch: ["target/"]),
                })"#,
@@ -121,7 +121,7 @@ fn network_is_denied_unless_declared() {
         "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\""
     );
     let p = Project::new().pipeline(&format!(
-        r#"Pipeline(name: "n", steps: {{
+        r#"Pipeline(name: "n", sandbox: Enforce, steps: {{
              "closed": (run: "{c}", cache: true),
              "open": (run: "{c}", network: true),
            }})"#,
@@ -140,7 +140,7 @@ fn network_is_denied_unless_declared() {
 #[test]
 fn without_landlock_steps_run_unsandboxed_with_one_warning_or_fail_when_required() {
     let p = Project::new()
-        .pipeline(r#"Pipeline(name: "d", steps: {"a": (run: "cat notes.txt > out.txt", outputs: ["out.txt"]), "b": (run: "echo b > b.txt", outputs: ["b.txt"])})"#)
+        .pipeline(r#"Pipeline(name: "d", sandbox: Enforce, steps: {"a": (run: "cat notes.txt > out.txt", outputs: ["out.txt"]), "b": (run: "echo b > b.txt", outputs: ["b.txt"])})"#)
         .file("notes.txt", "n\n");
     let none = [("CAIRN_LANDLOCK", "off")];
     let r = p.run_with(&["build", "-p", "pipelines/test.ron", "--summary", "json"], &none).ok();
@@ -173,7 +173,7 @@ fn the_sandbox_works_unprivileged() {
     std::fs::write(root.join("secret.txt"), "s\n").unwrap();
     std::fs::write(
         root.join("pipelines/test.ron"),
-        r#"Pipeline(name: "u", steps: {"ok": (run: "cat src/a.txt > out.txt", inputs: ["src/**"], outputs: ["out.txt"]), "no": (run: "cat secret.txt > n.txt", outputs: ["n.txt"])})"#,
+        r#"Pipeline(name: "u", sandbox: Enforce, steps: {"ok": (run: "cat src/a.txt > out.txt", inputs: ["src/**"], outputs: ["out.txt"]), "no": (run: "cat secret.txt > n.txt", outputs: ["n.txt"])})"#,
     )
     .unwrap();
     let chown = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(dir.path()).status().unwrap();

@@ -185,8 +185,8 @@ pub struct Pipeline {
     /// Local store settings.
     #[serde(default)]
     pub cache: CacheSettings,
-    /// How steps are sandboxed (default: `Enforce` for cacheable steps where the kernel has
-    /// Landlock; a step's own `sandbox` wins).
+    /// How cacheable steps are sandboxed (default: `Off` for now; `Enforce` turns the
+    /// Landlock sandbox on; a step's own `sandbox` wins).
     #[serde(default)]
     pub sandbox: Option<SandboxMode>,
     /// The shared remote cache (flags and `CAIRN_REMOTE` / `CAIRN_TOKEN` override it).
@@ -292,8 +292,8 @@ pub struct Step {
     /// pipeline's `cache: (store_outputs_with_secret: ...)`).
     #[serde(default)]
     pub store_outputs_with_secret: Option<bool>,
-    /// How this step is sandboxed (default: the pipeline's `sandbox`, else `Enforce` for a
-    /// cacheable step and `Off` for one with `cache: false`).
+    /// How this step is sandboxed (default: the pipeline's `sandbox` for a cacheable step,
+    /// `Off` for one with `cache: false`).
     #[serde(default)]
     pub sandbox: Option<SandboxMode>,
     /// The step connects to the network (`mix deps.get`, `cargo fetch`): the sandbox lets it.
@@ -386,6 +386,18 @@ pub enum SandboxMode {
     Enforce,
     /// No sandbox.
     Off,
+}
+
+impl SandboxMode {
+    /// The mode in force for `step`: `over` (`--sandbox`), else the step's own, else the
+    /// pipeline's for a cacheable step, else `Off`.
+    pub fn for_step(over: Option<SandboxMode>, step: &Step, pipeline: &Pipeline) -> SandboxMode {
+        over.or(step.sandbox).unwrap_or(if step.cache {
+            pipeline.sandbox.unwrap_or(SandboxMode::Off)
+        } else {
+            SandboxMode::Off
+        })
+    }
 }
 
 /// Where a secret's value comes from.
