@@ -147,6 +147,14 @@ impl Job<'_> {
                 return report;
             }
         };
+        // A sandboxed step gets a temporary directory of its own, removed when it ends.
+        let private_tmp = policy.as_ref().and_then(|_| {
+            let dir = std::env::temp_dir().join(format!("cairn-step-{}", archive::unique()));
+            std::fs::create_dir_all(&dir).ok().map(|()| dir)
+        });
+        if let Some(dir) = &private_tmp {
+            env.insert("TMPDIR".into(), dir.display().to_string());
+        }
         report.sandbox = Some(match (&policy, b.landlock) {
             (Some(_), Some(abi)) => format!("landlock (ABI {abi})"),
             (None, _) if self.sandbox_mode() == crate::model::SandboxMode::Enforce => "unavailable".to_string(),
@@ -167,6 +175,9 @@ impl Job<'_> {
         report.end_ms = self.t0.elapsed().as_millis() as u64;
         if let Some(p) = &policy {
             p.unmake();
+        }
+        if let Some(dir) = &private_tmp {
+            let _ = archive::remove_any(dir);
         }
         let outcome = match outcome {
             Ok(o) => o,

@@ -106,6 +106,21 @@ fn a_write_outside_the_outputs_is_denied_and_scratch_is_writable() {
 }
 
 #[test]
+fn a_sandboxed_step_gets_a_private_temporary_directory_removed_after_it() {
+    if !needs_landlock("a_sandboxed_step_gets_a_private_temporary_directory_removed_after_it") {
+        return;
+    }
+    let p = Project::new().pipeline(
+        r#"Pipeline(name: "t", sandbox: Enforce, steps: {"s": (run: "echo scratch > $TMPDIR/x && cat $TMPDIR/x > out.txt && echo $TMPDIR > where.txt", outputs: ["out.txt", "where.txt"])})"#,
+    );
+    p.run(BUILD).ok();
+    assert_eq!(p.read("out.txt"), "scratch\n");
+    let dir = p.read("where.txt").trim().to_string();
+    assert!(dir.contains("cairn-step-"), "{dir}");
+    assert!(!std::path::Path::new(&dir).exists(), "removed after the step");
+}
+
+#[test]
 fn network_is_denied_unless_declared() {
     if !needs_landlock("network_is_denied_unless_declared") {
         return;
