@@ -393,14 +393,9 @@ impl Job<'_> {
             ..Default::default()
         };
         // The outputs of every step it needs, directly or not.
-        let mut stack = node.needs.clone();
-        let mut seen = BTreeSet::new();
-        while let Some(d) = stack.pop() {
-            if seen.insert(d) {
-                let (outs, _) = archive::split_outputs(&g.nodes[d].outputs);
-                policy.read.extend(outs);
-                stack.extend(g.nodes[d].needs.iter().copied());
-            }
+        for d in g.ancestors(self.node) {
+            let (outs, _) = archive::split_outputs(&g.nodes[d].outputs);
+            policy.read.extend(outs);
         }
         // Its own outputs and scratch: directories made now (rules attach to existing
         // paths); a file output may be created in its directory.
@@ -444,14 +439,7 @@ impl Job<'_> {
     fn foreign_writes(&self, report: &mut StepReport, since_ns: i64) {
         let b = self.build;
         let g = b.graph;
-        let mut upstream = BTreeSet::new();
-        let mut stack = g.nodes[self.node].needs.clone();
-        while let Some(d) = stack.pop() {
-            if upstream.insert(d) {
-                stack.extend(g.nodes[d].needs.iter().copied());
-            }
-        }
-        for a in upstream {
+        for a in g.ancestors(self.node) {
             let other = &g.nodes[a];
             if other.step.outputs.is_empty() {
                 continue;

@@ -34,17 +34,10 @@ impl Prefetch {
             .iter()
             .filter(|&&i| !g.nodes[i].step.outputs.is_empty())
             .map(|&i| {
-                let mut upstream = BTreeSet::new();
-                let mut stack = g.nodes[i].needs.clone();
-                while let Some(d) = stack.pop() {
-                    if upstream.insert(d) {
-                        stack.extend(g.nodes[d].needs.iter().copied());
-                    }
-                }
                 let slot = Slot {
                     fingerprint: std::sync::OnceLock::new(),
                     stale: std::sync::atomic::AtomicBool::new(false),
-                    upstream,
+                    upstream: g.ancestors(i).into_iter().collect(),
                 };
                 (i, slot)
             })

@@ -107,16 +107,7 @@ fn check_one(
     let result = (|| {
         copy_worktree(root, &scratch, skip).map_err(|e| format!("copying the worktree: {e}"))?;
         // What the steps it needs produced, as a build would find it.
-        let mut upstream: Vec<usize> = Vec::new();
-        let mut stack = n.needs.clone();
-        while let Some(d) = stack.pop() {
-            if !upstream.contains(&d) {
-                upstream.push(d);
-                stack.extend(g.nodes[d].needs.iter().copied());
-            }
-        }
-        upstream.sort_unstable(); // topological
-        for d in upstream {
+        for d in g.ancestors(i) {
             let up = &g.nodes[d];
             if up.step.outputs.is_empty() {
                 continue;

@@ -175,6 +175,19 @@ impl Graph {
         Ok((0..self.nodes.len()).filter(|&i| want[i]).collect())
     }
 
+    /// Nodes that node `i` (transitively) needs, in index order, which is topological.
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = self.nodes[i].needs.clone();
+        while let Some(d) = stack.pop() {
+            if !seen[d] {
+                seen[d] = true;
+                stack.extend(self.nodes[d].needs.iter().copied());
+            }
+        }
+        (0..self.nodes.len()).filter(|&j| seen[j]).collect()
+    }
+
     /// Nodes that (transitively) need node `i`.
     pub fn dependents(&self, i: usize) -> Vec<usize> {
         let mut out = vec![false; self.nodes.len()];
@@ -227,4 +240,35 @@ fn topo_sort(nodes: Vec<Node>) -> Result<Graph, GraphError> {
         sorted.push(node);
     }
     Ok(Graph { nodes: sorted })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_and_dependents_are_transitive_and_in_topological_order() {
+        let p = crate::model::load(
+            "t.ron",
+            br#"Pipeline(name: "t", steps: {
+                "deps": (run: "fetch"),
+                "lint": (run: "lint"),
+                "compile": (run: "build", needs: ["deps"]),
+                "test": (run: "test", needs: ["compile", "lint"]),
+            })"#,
+        )
+        .unwrap();
+        let g = Graph::build(&p).unwrap();
+        let names = |v: Vec<usize>| v.into_iter().map(|i| g.nodes[i].name.clone()).collect::<Vec<_>>();
+        let ix = |n: &str| g.index(n).unwrap();
+        let up = g.ancestors(ix("test"));
+        assert!(up.windows(2).all(|w| w[0] < w[1]), "index (topological) order: {up:?}");
+        let mut got = names(up);
+        got.sort();
+        assert_eq!(got, ["compile", "deps", "lint"]);
+        assert!(g.ancestors(ix("deps")).is_empty());
+        let mut down = names(g.dependents(ix("deps")));
+        down.sort();
+        assert_eq!(down, ["compile", "test"]);
+    }
 }
