@@ -89,8 +89,7 @@ impl S3 {
         }
         let mut stream = r.into_stream();
         let mut out = bytes::BytesMut::new();
-        let started = std::time::Instant::now();
-        let (mut window_start, mut window_bytes) = (started, 0u64);
+        let mut window = super::remote::RateWindow::default();
         loop {
             if crate::interrupt::interrupted() {
                 return Err("interrupted".into());
@@ -100,24 +99,16 @@ impl S3 {
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(e.to_string()),
                 Ok(Some(Ok(chunk))) => {
-                    window_bytes += chunk.len() as u64;
+                    window.add(chunk.len() as u64);
                     out.extend_from_slice(&chunk);
                     if out.len() as u64 > limits.max_archive {
                         return Err(format!("{name} is larger than the limit of {} bytes", limits.max_archive));
                     }
                 }
             }
-            let now = std::time::Instant::now();
-            if now.duration_since(window_start) >= super::remote::RATE_WINDOW {
-                let rate = window_bytes as f64 / now.duration_since(window_start).as_secs_f64();
-                if (rate as u64) < limits.min_rate {
-                    return Err(format!(
-                        "the download is too slow ({rate:.0} bytes/s, under {} bytes/s)",
-                        limits.min_rate
-                    ));
-                }
-                (window_start, window_bytes) = (now, 0);
-            }
+            window.check(limits.min_rate).map_err(|rate| {
+                format!("the download is too slow ({rate:.0} bytes/s, under {} bytes/s)", limits.min_rate)
+            })?;
         }
         Ok(Some(out.freeze()))
     }

@@ -17,7 +17,7 @@
 
 mod transfer;
 
-pub use transfer::{copy_bounded, TransferLimits, RATE_WINDOW};
+pub use transfer::{copy_bounded, RateWindow, TransferLimits};
 
 use crate::keys::{message, Secret, Trusted};
 use crate::plan::key::KeyManifest;

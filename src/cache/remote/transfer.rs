@@ -37,6 +37,40 @@ impl TransferLimits {
     }
 }
 
+/// The minimum-rate check every download makes: bytes counted over each [`RATE_WINDOW`].
+pub struct RateWindow {
+    start: std::time::Instant,
+    bytes: u64,
+}
+
+impl Default for RateWindow {
+    /// A window starting now.
+    fn default() -> RateWindow {
+        RateWindow { start: std::time::Instant::now(), bytes: 0 }
+    }
+}
+
+impl RateWindow {
+    pub fn add(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
+    /// When a window has passed: its rate in bytes a second as the error if under
+    /// `min_rate`, else a new window starts.
+    pub fn check(&mut self, min_rate: u64) -> Result<(), f64> {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.start);
+        if elapsed >= RATE_WINDOW {
+            let rate = self.bytes as f64 / elapsed.as_secs_f64();
+            if (rate as u64) < min_rate {
+                return Err(rate);
+            }
+            (self.start, self.bytes) = (now, 0);
+        }
+        Ok(())
+    }
+}
+
 /// Copy at most `max` bytes from `reader` to `sink`, giving up when the reader stalls for
 /// `limits.idle`, moves fewer than `limits.min_rate` bytes a second, sends more than `max`,
 /// or the run is interrupted. The reading happens on a thread of its own, so none of these
@@ -69,14 +103,13 @@ pub fn copy_bounded(
             }
         }
     });
-    let started = std::time::Instant::now();
-    let (mut total, mut last_byte) = (0u64, started);
-    let (mut window_start, mut window_bytes) = (started, 0u64);
+    let (mut total, mut last_byte) = (0u64, std::time::Instant::now());
+    let mut window = RateWindow::default();
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Ok(chunk)) => {
                 total += chunk.len() as u64;
-                window_bytes += chunk.len() as u64;
+                window.add(chunk.len() as u64);
                 last_byte = std::time::Instant::now();
                 if total > max {
                     return Err(RemoteError::Tampered(format!(
@@ -92,22 +125,17 @@ pub fn copy_bounded(
         if crate::interrupt::interrupted() {
             return Err(RemoteError::Unavailable("interrupted".into()));
         }
-        let now = std::time::Instant::now();
-        if now.duration_since(last_byte) >= limits.idle {
+        if last_byte.elapsed() >= limits.idle {
             return Err(RemoteError::Unavailable(format!(
                 "the download stalled: no data for {:.1}s after {total} bytes",
                 limits.idle.as_secs_f64()
             )));
         }
-        if now.duration_since(window_start) >= RATE_WINDOW {
-            let rate = window_bytes as f64 / now.duration_since(window_start).as_secs_f64();
-            if (rate as u64) < limits.min_rate {
-                return Err(RemoteError::Unavailable(format!(
-                    "the download is too slow ({rate:.0} bytes/s, under the minimum of {} bytes/s; CAIRN_REMOTE_MIN_RATE)",
-                    limits.min_rate
-                )));
-            }
-            (window_start, window_bytes) = (now, 0);
-        }
+        window.check(limits.min_rate).map_err(|rate| {
+            RemoteError::Unavailable(format!(
+                "the download is too slow ({rate:.0} bytes/s, under the minimum of {} bytes/s; CAIRN_REMOTE_MIN_RATE)",
+                limits.min_rate
+            ))
+        })?;
     }
 }
