@@ -6,7 +6,7 @@
 //! every restore, whichever tier it came from, goes through the one hardened extractor.
 
 use super::remote::{Remote, RemoteError};
-use super::{Entry, Found as Found2, Lookup, Pending, Store, StoreError};
+use super::{Entry, EntryStore, Found as Found2, Pending, Store, StoreError};
 use crate::plan::key::{DirtyReason, KeyManifest};
 use crate::plan::{self, Known};
 use std::path::Path;
@@ -72,7 +72,7 @@ impl Tiered<'_> {
     }
 }
 
-impl super::EntryStore for Tiered<'_> {
+impl EntryStore for Tiered<'_> {
     /// The local store first; after a local miss, the remote (fetched, verified, committed).
     fn find(&self, step: &str, key: &str, manifest: &KeyManifest, root: &Path) -> Result<Found2, StoreError> {
         let (pending, mut reasons) = match self.local.find(step, key, manifest, root)? {
@@ -112,11 +112,9 @@ impl super::EntryStore for Tiered<'_> {
 
 impl plan::Lookup for Tiered<'_> {
     fn local(&self, step: &str, key: &str, manifest: &KeyManifest) -> Known {
-        match self.local.lookup(step, key, manifest) {
-            Ok(Lookup::Hit(e)) => Known::Hit { outputs_digest: e.outputs_digest },
-            Ok(Lookup::Miss(_, evicted)) => {
-                Known::Miss { reasons: super::miss_reasons(self.local, self.root, step, key, manifest, evicted) }
-            }
+        match self.local.find(step, key, manifest, self.root) {
+            Ok(Found2::Hit { entry, .. }) => Known::Hit { outputs_digest: entry.outputs_digest },
+            Ok(Found2::Miss { reasons, .. }) => Known::Miss { reasons },
             Err(e) => Known::Error(e.to_string()),
         }
     }
