@@ -48,6 +48,9 @@ pub enum Command {
     /// worktree and compare their outputs with the stored entries, file by file (exit 1 on a
     /// difference).
     Verify(VerifyArgs),
+    /// Run steps traced (report mode) and print the declarations they lack (inputs, input
+    /// sets, needs, outputs, network, host paths) as RON, or add them with --apply.
+    Learn(LearnArgs),
     /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
     Report(ReportArgs),
     /// Serve a remote cache (Turborepo remote-cache API v8) for CI runners and turbo.
@@ -452,6 +455,28 @@ pub struct VerifyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LearnArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Steps to learn (they run, forced; what they need runs or is restored as usual).
+    #[arg(required = true)]
+    pub steps: Vec<String>,
+    /// Add the declarations to the pipeline file (comments and layout kept) instead of
+    /// printing them.
+    #[arg(long)]
+    pub apply: bool,
+    /// Also learn the paths outside the workspace the steps read (`host`), under the strict
+    /// sandbox.
+    #[arg(long)]
+    pub strict: bool,
+    /// Don't stream the steps' output.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BuildArgs {
     #[command(flatten)]
     pub pipeline: PipelineArg,
@@ -491,18 +516,24 @@ pub struct BuildArgs {
     /// Upload the entries of steps marked `reproducible: false` to the remote too.
     #[arg(long)]
     pub share_unreproducible: bool,
-    /// Sandbox every step this way, whatever the pipeline says: `enforce` or `off`.
+    /// Sandbox every step this way, whatever the pipeline says.
     #[arg(long, value_enum)]
     pub sandbox: Option<SandboxArg>,
-    /// Fail a step that should be sandboxed where the machine cannot (no Landlock), instead
-    /// of running it unsandboxed with a warning.
+    /// Fail a step that should be sandboxed where the machine cannot (no Landlock for
+    /// `enforce`, no seccomp user notification for `report`), instead of running it
+    /// unsandboxed with a warning.
     #[arg(long)]
     pub require_sandbox: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum SandboxArg {
+    /// Landlock: a step reads only what it declared (the default for cacheable steps).
     Enforce,
+    /// Trace: name every undeclared read and write, never store a step that read one.
+    Report,
+    /// Both, and outside the workspace only system paths and the step's `host` paths.
+    Strict,
     Off,
 }
 
@@ -510,6 +541,8 @@ impl From<SandboxArg> for crate::model::SandboxMode {
     fn from(a: SandboxArg) -> Self {
         match a {
             SandboxArg::Enforce => crate::model::SandboxMode::Enforce,
+            SandboxArg::Report => crate::model::SandboxMode::Report,
+            SandboxArg::Strict => crate::model::SandboxMode::Strict,
             SandboxArg::Off => crate::model::SandboxMode::Off,
         }
     }

@@ -105,6 +105,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Cache(cmd) => commands::cache::run(&cmd),
         Command::Why(args) => commands::why::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
+        Command::Learn(args) => commands::learn::run(&args),
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),

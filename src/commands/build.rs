@@ -130,13 +130,20 @@ fn build_with(
     let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
     let landlock = exec::sandbox::abi();
     let over = args.sandbox.map(crate::model::SandboxMode::from);
-    let wanted = selected
-        .iter()
-        .any(|&i| crate::model::SandboxMode::for_step(over, &g.nodes[i].step, p) == crate::model::SandboxMode::Enforce);
-    if landlock.is_none() && wanted && !args.require_sandbox {
-        eprintln!(
-            "warning: this machine has no Landlock (Linux 5.13 or later with Landlock enabled): steps run unsandboxed, so a hit rests on declared inputs only\n  hint: --require-sandbox makes this an error"
-        );
+    let modes: Vec<_> =
+        selected.iter().map(|&i| crate::model::SandboxMode::for_step(over, &g.nodes[i].step, p)).collect();
+    let seccomp = modes.iter().any(|m| m.traces()) && exec::trace::available();
+    if !args.require_sandbox {
+        if landlock.is_none() && modes.iter().any(|m| m.enforces()) {
+            eprintln!(
+                "warning: this machine has no Landlock (Linux 5.13 or later with Landlock enabled): steps run unenforced, so a hit rests on declared inputs only\n  hint: --require-sandbox makes this an error"
+            );
+        }
+        if !seccomp && modes.iter().any(|m| m.traces()) {
+            eprintln!(
+                "warning: this machine has no seccomp user notification (Linux 5.5 or later): undeclared reads and writes cannot be reported\n  hint: --require-sandbox makes this an error"
+            );
+        }
     }
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
@@ -162,6 +169,7 @@ fn build_with(
         share_unreproducible: args.share_unreproducible,
         sandbox_override: args.sandbox.map(Into::into),
         landlock,
+        seccomp,
         require_sandbox: args.require_sandbox,
     };
     exec::timing("load and prepare", t_all);

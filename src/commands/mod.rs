@@ -6,6 +6,7 @@ pub mod cache;
 pub mod check;
 pub mod deploy;
 pub mod graph;
+pub mod learn;
 pub mod plan;
 pub mod report;
 pub mod serve;

@@ -3,6 +3,7 @@
 //! in them, nothing written into other steps' outputs), pack and commit.
 
 use super::*;
+use std::path::{Path, PathBuf};
 
 impl Job<'_> {
     /// Remember outputs this job wrote whose fingerprint was recorded racy.
@@ -36,6 +37,7 @@ impl Job<'_> {
             contribution: None,
             missing_secret: None,
             sandbox: None,
+            undeclared: vec![],
         };
         let has_outputs = !node.step.outputs.is_empty();
         let prefix = format!("[{}]", node.name);
@@ -137,7 +139,7 @@ impl Job<'_> {
             }
         }
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
-        let policy = match self.sandbox_policy() {
+        let mut policy = match self.sandbox_policy() {
             Ok(p) => p,
             Err(e) => {
                 b.console.note(&format!("{prefix} error: {e}"));
@@ -154,11 +156,19 @@ impl Job<'_> {
         });
         if let Some(dir) = &private_tmp {
             env.insert("TMPDIR".into(), dir.display().to_string());
+            if let Some(outside) = policy.as_mut().and_then(|p| p.outside.as_mut()) {
+                outside.push(dir.clone());
+            }
         }
-        report.sandbox = Some(match (&policy, b.landlock) {
-            (Some(_), Some(abi)) => format!("landlock (ABI {abi})"),
-            (None, _) if self.sandbox_mode() == crate::model::SandboxMode::Enforce => "unavailable".to_string(),
-            _ => "off".to_string(),
+        report.sandbox = Some(match &policy {
+            Some(p) => match (p.enforce, p.trace, b.landlock) {
+                (true, true, Some(abi)) => format!("strict (landlock ABI {abi} + seccomp)"),
+                (true, false, Some(abi)) => format!("landlock (ABI {abi})"),
+                (false, true, _) => "report (seccomp)".to_string(),
+                _ => "off".to_string(),
+            },
+            None if self.sandbox_mode() != crate::model::SandboxMode::Off => "unavailable".to_string(),
+            None => "off".to_string(),
         });
         let started_ns = inputs::now_ns();
         b.console.note(&format!("{prefix} $ {}", self.prepared.masker.mask(&node.run)));
@@ -188,6 +198,23 @@ impl Job<'_> {
             }
         };
         report.duration_ms = outcome.duration.as_millis() as u64;
+        if let (Some(p), Some(accesses)) = (&policy, &outcome.accesses) {
+            report.undeclared = self.undeclared(p, accesses, private_tmp.as_deref());
+            for f in &report.undeclared {
+                let m = f.message(&node.name);
+                b.console.note(&format!("{prefix} undeclared: {m}"));
+                report.warnings.push(m);
+            }
+        }
+        if policy.as_ref().is_some_and(|p| p.enforce && !p.trace)
+            && !outcome.success()
+            && outcome.exit != Exit::Interrupted
+        {
+            b.console.note(&format!(
+                "{prefix} hint: the sandbox denies reads of undeclared files and writes outside the outputs; `cairn learn {}` names what the step needs",
+                node.name
+            ));
+        }
         match &outcome.exit {
             Exit::Code(0) => {}
             Exit::Interrupted => {
@@ -209,7 +236,16 @@ impl Job<'_> {
             }
         }
         report.contribution = Some(Upstream::Key(key.clone()));
-        self.foreign_writes(&mut report, started_ns);
+        if !policy.as_ref().is_some_and(|p| p.trace) {
+            // Traced, such writes were named already, one by one.
+            self.foreign_writes(&mut report, started_ns);
+        }
+        if report.undeclared.iter().any(|f| f.blocks_store()) {
+            let w = "not stored: it read what it did not declare, so no hit may rest on it (declare it, or run `cairn learn`)".to_string();
+            b.console.note(&format!("warning: {}: {w}", node.name));
+            report.warnings.push(w);
+            return report;
+        }
         let Some(pending) = pending else {
             return report;
         };
@@ -226,7 +262,11 @@ impl Job<'_> {
         // Inputs must not have changed while the step ran.
         let t = Instant::now();
         let inputs = &self.prepared.inputs[&self.node];
-        match inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()) {
+        let rescan =
+            inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()).and_then(|mut a| {
+                inputs::add_untracked(&b.root, std::slice::from_ref(inputs), &mut a.per_step).map(|()| a)
+            });
+        match rescan {
             Ok(after) if after.per_step[0] != self.manifest.inputs => {
                 let changed = changed_paths(&self.manifest.inputs, &after.per_step[0]);
                 let w = format!("inputs changed while the step ran ({}); the result is not stored", changed.join(", "));
@@ -367,13 +407,21 @@ impl Job<'_> {
         let b = self.build;
         let g = b.graph;
         let node = &g.nodes[self.node];
-        if self.sandbox_mode() == crate::model::SandboxMode::Off {
-            return Ok(None);
-        }
-        if b.landlock.is_none() {
-            if b.require_sandbox {
+        let mode = self.sandbox_mode();
+        let enforce = mode.enforces() && b.landlock.is_some();
+        let trace = mode.traces() && b.seccomp;
+        if b.require_sandbox {
+            if mode.enforces() && !enforce {
                 return Err("this machine has no Landlock (Linux 5.13 or later with Landlock enabled), and --require-sandbox is set".into());
             }
+            if mode.traces() && !trace {
+                return Err(
+                    "this machine has no seccomp user notification (Linux 5.5 or later), and --require-sandbox is set"
+                        .into(),
+                );
+            }
+        }
+        if !enforce && !trace {
             return Ok(None);
         }
         let declared = step_inputs(b.pipeline, &node.step);
@@ -390,6 +438,8 @@ impl Job<'_> {
                         .count()
                 },
             ),
+            enforce,
+            trace,
             ..Default::default()
         };
         // The outputs of every step it needs, directly or not.
@@ -402,8 +452,10 @@ impl Job<'_> {
         for out in node.step.outputs.iter().chain(&node.step.scratch) {
             let rel = archive::normalize_output(out);
             let is_dir = out.ends_with('/') || b.root.join(&rel).is_dir() || node.step.scratch.contains(out);
-            if archive::linked_ancestor(&b.root, &rel).is_some() {
-                // Never make anything through a link (it may lead out of the workspace).
+            if !enforce || archive::linked_ancestor(&b.root, &rel).is_some() {
+                // Rules attach only to what exists, so Landlock needs outputs made first;
+                // tracing doesn't. Never make anything through a link (it may lead out of
+                // the workspace).
             } else if is_dir {
                 let dir = b.root.join(&rel);
                 if !dir.exists() && std::fs::create_dir_all(&dir).is_ok() && !node.step.scratch.contains(out) {
@@ -430,7 +482,95 @@ impl Job<'_> {
             let ports = node.step.services.iter().filter_map(|s| self.services.port_of(s)).collect();
             policy.connect = Some(ports);
         }
+        if mode == crate::model::SandboxMode::Strict {
+            let mut outside: Vec<PathBuf> = sandbox::SYSTEM.iter().map(PathBuf::from).collect();
+            outside.extend(self.host_paths());
+            policy.outside = Some(outside);
+        }
         Ok(Some(policy))
+    }
+
+    /// `host` paths of the step and the pipeline, `~` expanded.
+    fn host_paths(&self) -> Vec<PathBuf> {
+        let b = self.build;
+        let home = std::env::var("HOME").ok();
+        b.pipeline
+            .host
+            .iter()
+            .chain(&b.graph.nodes[self.node].step.host)
+            .map(|h| match (h.strip_prefix("~/"), &home) {
+                (Some(rest), Some(home)) => Path::new(home).join(rest),
+                _ => PathBuf::from(h),
+            })
+            .collect()
+    }
+
+    /// What the traced step touched that it did not declare (see `plan::undeclared`).
+    fn undeclared(
+        &self,
+        policy: &sandbox::Policy,
+        accesses: &[trace::Access],
+        tmp: Option<&Path>,
+    ) -> Vec<crate::plan::undeclared::Finding> {
+        use crate::plan::undeclared::{classify, Declared, Seen, Touch};
+        let b = self.build;
+        let g = b.graph;
+        let ancestors: std::collections::BTreeSet<usize> = g.ancestors(self.node).into_iter().collect();
+        let mut others = BTreeMap::new();
+        for (i, n) in g.nodes.iter().enumerate() {
+            if i == self.node {
+                continue;
+            }
+            for o in archive::split_outputs(&n.outputs).0 {
+                others.entry(o).or_insert((n.name.clone(), ancestors.contains(&i)));
+            }
+        }
+        let step = &g.nodes[self.node].step;
+        let home = std::env::var("HOME").ok();
+        let strict = policy.outside.is_some();
+        let decl = Declared {
+            reads: policy.read.clone(),
+            writes: policy.write.clone(),
+            others,
+            input_sets: step
+                .input_sets
+                .iter()
+                .filter_map(|n| b.pipeline.input_sets.get(n).map(|s| (n.clone(), s.include.clone())))
+                .collect(),
+            host: strict.then(|| {
+                let mut h: Vec<String> = sandbox::SYSTEM.iter().map(|s| s.to_string()).collect();
+                h.extend(self.host_paths().iter().map(|p| p.display().to_string()));
+                h.extend(tmp.map(|t| t.display().to_string()));
+                h
+            }),
+            home: home.clone(),
+            ports: policy.connect.clone(),
+        };
+        let root = b.root.canonicalize().unwrap_or_else(|_| b.root.clone());
+        let mut ignored = trace::GitIgnored::new(&root, b.pipeline.gitignore);
+        let mut done = std::collections::HashSet::new();
+        let mut seen = Vec::new();
+        for a in accesses {
+            if !done.insert((a.path.clone(), a.kind)) {
+                continue;
+            }
+            let touch = match a.kind {
+                trace::Kind::Read | trace::Kind::Exec => Touch::Read,
+                trace::Kind::Write => Touch::Write,
+                trace::Kind::Connect(port) => Touch::Connect(port),
+            };
+            if let Touch::Connect(_) = touch {
+                let abs = a.path.display().to_string();
+                seen.push(Seen { rel: None, abs, touch, is_file: false, git_ignored: false });
+                continue;
+            }
+            let path = trace::resolve(&a.path);
+            let is_file = std::fs::metadata(&path).is_ok_and(|m| m.is_file());
+            let rel = path.strip_prefix(&root).ok().and_then(|r| r.to_str()).map(String::from);
+            let git_ignored = rel.as_deref().is_some_and(|r| is_file && ignored.is_ignored(r));
+            seen.push(Seen { rel, abs: path.display().to_string(), touch, is_file, git_ignored });
+        }
+        classify(&decl, seen)
     }
 
     /// Did the step write into the outputs of a step it needs (done earlier in this build)?

@@ -19,6 +19,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod secrets;
 pub mod services;
+pub mod trace;
 pub mod workspace;
 
 mod job;
@@ -89,6 +90,9 @@ pub struct Build<'a> {
     pub sandbox_override: Option<crate::model::SandboxMode>,
     /// The Landlock ABI of this kernel, if it has Landlock.
     pub landlock: Option<i32>,
+    /// This kernel has seccomp user notification (report mode can trace), checked only when
+    /// some step traces.
+    pub seccomp: bool,
     /// `--require-sandbox`: a step that should be sandboxed fails where it cannot be.
     pub require_sandbox: bool,
 }
@@ -312,6 +316,7 @@ fn blank_report(name: &str, status: Status, detail: String, t0: Instant) -> Step
         contribution: None,
         missing_secret: None,
         sandbox: None,
+        undeclared: vec![],
     }
 }
 

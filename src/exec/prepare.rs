@@ -55,7 +55,7 @@ pub fn step_inputs(p: &Pipeline, step: &crate::model::Step) -> StepInputs {
             exclude.extend(s.exclude.iter().cloned());
         }
     }
-    StepInputs { include, exclude }
+    StepInputs { include, exclude, untracked: step.untracked.clone() }
 }
 
 pub fn walk_options(p: &Pipeline, root: &Path, cache_dir: &Path, threads: usize) -> WalkOptions {
@@ -252,6 +252,7 @@ pub fn prepare(
             snap
         }
     };
+    inputs::add_untracked(root, &step_in, &mut snap.per_step)?;
     if std::env::var_os("CAIRN_TIMINGS").is_some() {
         eprintln!(
             "cairn timing: {} files, {} hashed ({} bytes), {} from the stat cache",

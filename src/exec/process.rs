@@ -169,6 +169,8 @@ pub struct Outcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub duration: Duration,
+    /// What the command's processes opened and executed, when it was traced (report mode).
+    pub accesses: Option<Vec<super::trace::Access>>,
 }
 
 impl Outcome {
@@ -282,8 +284,8 @@ pub fn run(
     run_opts(command, cwd, env, timeout, prefix, console, masker, true)
 }
 
-/// [`run`] under a Landlock ruleset (see `exec::sandbox`), applied in the child just before
-/// the command runs.
+/// [`run`] under a Landlock ruleset (see `exec::sandbox`) and/or traced (see `exec::trace`),
+/// both applied in the child just before the command runs.
 #[allow(clippy::too_many_arguments)]
 pub fn run_sandboxed(
     command: &str,
@@ -293,14 +295,22 @@ pub fn run_sandboxed(
     prefix: &str,
     console: &Console,
     masker: &Masker,
-    ruleset: landlock::RulesetCreated,
+    ruleset: Option<landlock::RulesetCreated>,
+    trace: bool,
 ) -> std::io::Result<Outcome> {
-    let mut slot = Some(ruleset);
-    let hook = move || match slot.take() {
-        Some(r) => super::sandbox::restrict(r),
-        None => Ok(()),
+    let tracer = if trace { Some(super::trace::Tracer::start()?) } else { None };
+    let mut slot = ruleset;
+    let mut traced = tracer.as_ref().map(|t| t.hook());
+    let hook = move || {
+        if let Some(r) = slot.take() {
+            super::sandbox::restrict(r)?;
+        }
+        match traced.as_mut() {
+            Some(t) => t(),
+            None => Ok(()),
+        }
     };
-    run_inner(command, cwd, env, timeout, prefix, console, masker, true, Some(Box::new(hook)))
+    run_inner(command, cwd, env, timeout, prefix, console, masker, true, Some(Box::new(hook)), tracer)
 }
 
 /// A hook run in the child between fork and exec.
@@ -319,7 +329,7 @@ pub fn run_opts(
     masker: &Masker,
     cancellable: bool,
 ) -> std::io::Result<Outcome> {
-    run_inner(command, cwd, env, timeout, prefix, console, masker, cancellable, None)
+    run_inner(command, cwd, env, timeout, prefix, console, masker, cancellable, None, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -333,6 +343,7 @@ fn run_inner(
     masker: &Masker,
     cancellable: bool,
     pre_exec: Option<PreExec>,
+    mut tracer: Option<super::trace::Tracer>,
 ) -> std::io::Result<Outcome> {
     let started = Instant::now();
     let mut cmd = Command::new("sh");
@@ -358,7 +369,11 @@ fn run_inner(
             cmd.pre_exec(hook);
         }
     }
-    let mut child = cmd.spawn()?;
+    let spawned = cmd.spawn();
+    if let Some(t) = tracer.as_mut() {
+        t.spawned();
+    }
+    let mut child = spawned?;
     let pid = child.id();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
@@ -411,5 +426,6 @@ fn run_inner(
         ended.mark();
         (o.join().unwrap_or_default(), e.join().unwrap_or_default(), exit)
     });
-    Ok(Outcome { exit, stdout, stderr, duration: started.elapsed() })
+    let duration = started.elapsed();
+    Ok(Outcome { exit, stdout, stderr, duration, accesses: tracer.map(super::trace::Tracer::finish) })
 }

@@ -43,8 +43,22 @@ impl StepRunner for LocalProcess {
         match cmd.sandbox {
             None => process::run(cmd.command, cmd.cwd, cmd.env, cmd.timeout, cmd.prefix, console, masker),
             Some((root, policy)) => {
-                let ruleset = super::sandbox::ruleset(root, policy).map_err(std::io::Error::other)?;
-                process::run_sandboxed(cmd.command, cmd.cwd, cmd.env, cmd.timeout, cmd.prefix, console, masker, ruleset)
+                let ruleset = if policy.enforce {
+                    Some(super::sandbox::ruleset(root, policy).map_err(std::io::Error::other)?)
+                } else {
+                    None
+                };
+                process::run_sandboxed(
+                    cmd.command,
+                    cmd.cwd,
+                    cmd.env,
+                    cmd.timeout,
+                    cmd.prefix,
+                    console,
+                    masker,
+                    ruleset,
+                    policy.trace,
+                )
             }
         }
     }

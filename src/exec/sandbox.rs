@@ -37,6 +37,13 @@ pub struct Policy {
 
     /// `None`: any TCP connection; `Some(ports)`: only to these.
     pub connect: Option<Vec<u16>>,
+    /// Apply Landlock (`enforce`, `strict`).
+    pub enforce: bool,
+    /// Trace what the step opens (`report`, `strict`; see `exec::trace`).
+    pub trace: bool,
+    /// `strict`: outside the workspace only these are granted (system directories, the
+    /// private temp dir, the step's `host` paths); `None`: everything outside stays as it was.
+    pub outside: Option<Vec<PathBuf>>,
     /// Output directories and files made for the rules to attach to (with the modification
     /// time they were made with); removed again after the step if it left them untouched
     /// and empty, so an output it did not produce is still missing.
@@ -87,6 +94,16 @@ fn outside(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// What `strict` grants outside the workspace, read-only: the system and where packaged
+/// toolchains live.
+pub const SYSTEM: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/nix", "/snap", "/proc", "/sys",
+    "/dev", "/run",
+];
+
+/// What `strict` lets a step write outside the workspace (besides its temp dir).
+const WRITABLE: &[&str] = &["/dev"];
+
 /// Build the ruleset for `policy` in the parent (paths are opened here); the child only
 /// calls [`restrict`]. `Err` says why no sandbox could be built.
 pub fn ruleset(root: &Path, policy: &Policy) -> Result<RulesetCreated, String> {
@@ -105,8 +122,22 @@ pub fn ruleset(root: &Path, policy: &Policy) -> Result<RulesetCreated, String> {
             Err(_) => Ok(created), // gone meanwhile, or not there yet: nothing to grant
         }
     };
-    for p in outside(root) {
-        created = grant(created, &p, all)?;
+    match &policy.outside {
+        None => {
+            for p in outside(root) {
+                created = grant(created, &p, all)?;
+            }
+        }
+        Some(allowed) => {
+            for p in allowed {
+                let rights = if WRITABLE.iter().any(|w| p == Path::new(w)) || p.starts_with(std::env::temp_dir()) {
+                    all
+                } else {
+                    read
+                };
+                created = grant(created, p, rights)?;
+            }
+        }
     }
     // Directory listings (names, not contents) everywhere: in the workspace, and of the
     // directories on the way to it (a step that sandboxes its own children, as cairn's tests

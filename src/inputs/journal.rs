@@ -655,8 +655,8 @@ mod tests {
 
     fn steps() -> Vec<StepInputs> {
         vec![
-            StepInputs { include: vec!["src/**".into()], exclude: vec![] },
-            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], exclude: vec![] },
+            StepInputs { include: vec!["src/**".into()], ..Default::default() },
+            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], ..Default::default() },
         ]
     }
 

@@ -79,6 +79,8 @@ pub struct StatEntry {
 pub struct StepInputs {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// Files git ignores that the step reads when they exist (see [`add_untracked`]).
+    pub untracked: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +186,53 @@ pub fn hash_file(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<(Stri
         h.update_reader(file)?;
     }
     Ok((h.finalize().to_hex().to_string(), meta.mode() & 0o111 != 0))
+}
+
+/// Add each step's `untracked` files to its inputs: files git ignores (a developer's
+/// `config/local.exs`) that the step reads when present. The walk never sees them; here a
+/// literal path is looked at directly and a glob below its fixed directory, whatever git
+/// ignores, and every regular file found is hashed into the step's key. Absent, they add
+/// nothing, so a checkout without one never hits an entry made with one.
+pub fn add_untracked(
+    root: &Path,
+    steps: &[StepInputs],
+    per_step: &mut [BTreeMap<String, FileDigest>],
+) -> Result<(), InputError> {
+    for (s, inputs) in steps.iter().enumerate() {
+        for g in &inputs.untracked {
+            let g = g.trim_start_matches("./");
+            let fixed: String = match g.find(['*', '?', '[', '{']) {
+                None => {
+                    let path = root.join(g);
+                    match std::fs::symlink_metadata(&path) {
+                        Ok(meta) if meta.is_file() => {
+                            let (digest, exec) =
+                                hash_file(&path, &meta).map_err(|source| InputError::Read { path, source })?;
+                            per_step[s].insert(g.to_string(), FileDigest { digest, exec });
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                Some(i) => g[..i].rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default(),
+            };
+            let matcher = glob(g)?.compile_matcher();
+            for e in walkdir::WalkDir::new(root.join(&fixed)).follow_links(false).into_iter().flatten() {
+                if !e.file_type().is_file() {
+                    continue;
+                }
+                let Some(rel) = e.path().strip_prefix(root).ok().and_then(|r| r.to_str()) else { continue };
+                if rel.starts_with(".git/") || !matcher.is_match(rel) {
+                    continue;
+                }
+                let meta = e.metadata().map_err(|e| InputError::Read { path: root.join(rel), source: e.into() })?;
+                let (digest, exec) = hash_file(e.path(), &meta)
+                    .map_err(|source| InputError::Read { path: e.path().to_path_buf(), source })?;
+                per_step[s].insert(rel.to_string(), FileDigest { digest, exec });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Walk `opts.root` once and digest every file some step includes.
@@ -424,8 +473,12 @@ pub(super) mod tests {
         write(r, "out/d.rs", "d");
         write(r, "Cargo.toml", "t");
         let steps = vec![
-            StepInputs { include: vec!["src/**".into(), "!**/*.md".into()], exclude: vec!["src/gen/".into()] },
-            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], exclude: vec![] },
+            StepInputs {
+                include: vec!["src/**".into(), "!**/*.md".into()],
+                exclude: vec!["src/gen/".into()],
+                ..Default::default()
+            },
+            StepInputs { include: vec!["**/*.rs".into(), "Cargo.toml".into()], ..Default::default() },
         ];
         let snap = scan(&opts(r), &steps, &HashMap::new()).unwrap();
         assert_eq!(snap.per_step[0].keys().collect::<Vec<_>>(), ["src/a.rs"]);
@@ -438,7 +491,7 @@ pub(super) mod tests {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
         write(r, "a.txt", "one");
-        let steps = vec![StepInputs { include: vec!["*.txt".into()], exclude: vec![] }];
+        let steps = vec![StepInputs { include: vec!["*.txt".into()], ..Default::default() }];
         let first = scan(&opts(r), &steps, &HashMap::new()).unwrap();
         assert_eq!(first.stats.hashed, 1);
         // Hashed within its timestamp's granule (10 ms after a sub-second mtime): the row is

@@ -37,6 +37,10 @@ pub struct StepSummary {
     /// did not run. Added within schema 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// What it read or wrote undeclared, when it was traced (`report` or `strict`): each
+    /// finding with its path and the declaration that fixes it. Added within schema 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undeclared: Vec<crate::plan::undeclared::Finding>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +123,7 @@ fn step_summary(r: &StepReport) -> StepSummary {
         worker: r.worker,
         warnings: r.warnings.clone(),
         sandbox: r.sandbox.clone(),
+        undeclared: r.undeclared.clone(),
     }
 }
 

@@ -4,6 +4,7 @@ mod crash;
 mod deploy;
 mod hardening;
 mod hostile;
+mod learn;
 mod pipeline;
 pub mod remote;
 mod report;

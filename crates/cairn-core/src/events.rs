@@ -55,6 +55,8 @@ pub struct StepReport {
     /// The sandbox the step's command ran in (`landlock`, `off`, `unavailable`); `None` when
     /// it did not run.
     pub sandbox: Option<String>,
+    /// What it touched undeclared, when it was traced (report or strict mode).
+    pub undeclared: Vec<crate::plan::undeclared::Finding>,
     /// The step could not run because one of its secrets is missing (the whole message).
     #[serde(skip)]
     pub missing_secret: Option<String>,

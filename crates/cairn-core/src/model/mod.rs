@@ -17,6 +17,7 @@
 //!
 //! The language reference with an example of every construct is `docs/pipeline.md`.
 
+pub mod edit;
 mod locate;
 mod placeholder;
 mod types;

@@ -185,10 +185,13 @@ pub struct Pipeline {
     /// Local store settings.
     #[serde(default)]
     pub cache: CacheSettings,
-    /// How cacheable steps are sandboxed (default: `Off` for now; `Enforce` turns the
-    /// Landlock sandbox on; a step's own `sandbox` wins).
+    /// How cacheable steps are sandboxed (default `Enforce`; a step's own `sandbox` wins).
     #[serde(default)]
     pub sandbox: Option<SandboxMode>,
+    /// Paths outside the workspace every step may read in `Strict` mode (`~/.mix`); system
+    /// paths always are.
+    #[serde(default)]
+    pub host: Vec<String>,
     /// The shared remote cache (flags and `CAIRN_REMOTE` / `CAIRN_TOKEN` override it).
     #[serde(default)]
     pub remote: Option<RemoteSettings>,
@@ -259,6 +262,11 @@ pub struct Step {
     /// Globs removed from the inputs.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Files git ignores that the step reads when they exist (a developer's
+    /// `config/local.exs`): hashed into its key when present, so a checkout without one
+    /// never hits an entry made with one. Literal paths or globs; absent is fine.
+    #[serde(default)]
+    pub untracked: Vec<String>,
     /// Named input sets this step also reads.
     #[serde(default)]
     pub input_sets: Vec<String>,
@@ -293,7 +301,7 @@ pub struct Step {
     #[serde(default)]
     pub store_outputs_with_secret: Option<bool>,
     /// How this step is sandboxed (default: the pipeline's `sandbox` for a cacheable step,
-    /// `Off` for one with `cache: false`).
+    /// `Enforce` when the pipeline says nothing, `Off` for a step with `cache: false`).
     #[serde(default)]
     pub sandbox: Option<SandboxMode>,
     /// The step connects to the network (`mix deps.get`, `cargo fetch`): the sandbox lets it.
@@ -303,6 +311,11 @@ pub struct Step {
     /// anyone's input): cargo's `target/`, a tool's cache directory.
     #[serde(default)]
     pub scratch: Vec<String>,
+    /// Paths outside the workspace the step may read in `Strict` mode (`~/.hex`), besides
+    /// the pipeline's `host` and system paths. Not hashed: declare what changes the result as
+    /// a toolchain or an input.
+    #[serde(default)]
+    pub host: Vec<String>,
     /// `false`: the step is known not to rebuild byte for byte (`cairn verify --rebuild` found
     /// it so). Its entries stay local unless a build passes `--share-unreproducible`.
     #[serde(default)]
@@ -382,21 +395,48 @@ pub enum Probe {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 pub enum SandboxMode {
     /// Inside the workspace the step reads only its declared inputs, the outputs of the steps
-    /// it needs and its own outputs, and writes only its outputs and `scratch` paths.
+    /// it needs and its own outputs, and writes only its outputs and `scratch` paths (Landlock).
+    /// The default for cacheable steps.
     Enforce,
+    /// Nothing is denied; every workspace file the step reads or writes undeclared is named,
+    /// with the declaration to add, and a step that read one is not stored (seccomp).
+    Report,
+    /// `Enforce` and `Report` together, and outside the workspace only system paths, the
+    /// private temp dir and the step's `host` paths are readable (and reported).
+    Strict,
     /// No sandbox.
     Off,
 }
 
 impl SandboxMode {
     /// The mode in force for `step`: `over` (`--sandbox`), else the step's own, else the
-    /// pipeline's for a cacheable step, else `Off`.
+    /// pipeline's for a cacheable step (`Enforce` when it says nothing), else `Off`.
     pub fn for_step(over: Option<SandboxMode>, step: &Step, pipeline: &Pipeline) -> SandboxMode {
         over.or(step.sandbox).unwrap_or(if step.cache {
-            pipeline.sandbox.unwrap_or(SandboxMode::Off)
+            pipeline.sandbox.unwrap_or(SandboxMode::Enforce)
         } else {
             SandboxMode::Off
         })
+    }
+
+    /// Landlock applies.
+    pub fn enforces(self) -> bool {
+        matches!(self, SandboxMode::Enforce | SandboxMode::Strict)
+    }
+
+    /// The step is traced.
+    pub fn traces(self) -> bool {
+        matches!(self, SandboxMode::Report | SandboxMode::Strict)
+    }
+
+    /// Lower-case name, as `--sandbox` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxMode::Enforce => "enforce",
+            SandboxMode::Report => "report",
+            SandboxMode::Strict => "strict",
+            SandboxMode::Off => "off",
+        }
     }
 }
 

@@ -175,8 +175,11 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for s in &step.input_sets {
             c.reference(name, "input set", s, &sets, "declare it under `input_sets`");
         }
-        for g in step.inputs.iter().chain(&step.exclude) {
+        for g in step.inputs.iter().chain(&step.exclude).chain(&step.untracked) {
             c.glob(name, g);
+        }
+        for u in &step.untracked {
+            c.relative_path(name, "untracked input", u);
         }
         if let Some(w) = &step.workdir {
             c.relative_path(name, "working directory", w);

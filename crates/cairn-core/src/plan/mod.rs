@@ -7,6 +7,7 @@
 //! - [`graph`]: matrix expansion and a stable topological order of steps.
 //! - [`trigger`]: which steps and environments an event runs; deploy phases and gates.
 //! - [`render`]: Mermaid, DOT and text drawings of the graph.
+//! - [`undeclared`]: what a traced step touched that it did not declare, and the fix.
 //! - [`freshness`]: which steps a build would restore or run, and why, over a lookup trait
 //!   the stores implement.
 
@@ -16,6 +17,7 @@ pub mod key;
 pub mod lockfile;
 pub mod render;
 pub mod trigger;
+pub mod undeclared;
 
 pub use freshness::{predict, Known, Lookup, StepState};
 pub use graph::{Graph, GraphError, Node};
