@@ -59,6 +59,13 @@ impl StepRunner for LocalProcess {
                     ruleset,
                     policy.trace,
                 )
+                .map_err(|e| match e.raw_os_error() {
+                    // The kernel allows one seccomp listener per process tree.
+                    Some(libc::EBUSY) if policy.trace => std::io::Error::other(
+                        "report mode cannot trace here: this process is already traced (a `cairn build --sandbox report` inside a traced step); run it with --sandbox enforce",
+                    ),
+                    _ => e,
+                })
             }
         }
     }
