@@ -53,6 +53,9 @@ pub enum Command {
     Learn(LearnArgs),
     /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
     Report(ReportArgs),
+    /// What cairn is for, in seconds: a small project built cold, warm, restored, and after
+    /// one change (exactly its dependents run), then `why` and the HTML report.
+    Demo(DemoArgs),
     /// Serve a remote cache (Turborepo remote-cache API v8) for CI runners and turbo.
     Serve(ServeArgs),
     /// Signing keys for remote cache entries.
@@ -452,6 +455,13 @@ pub struct VerifyArgs {
     pub rebuild: bool,
     /// Steps to check (default: every cacheable step with a stored entry).
     pub steps: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write the demo project (replaced if an earlier demo is there).
+    #[arg(long, default_value = "cairn-demo")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

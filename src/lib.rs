@@ -106,6 +106,7 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Why(args) => commands::why::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Learn(args) => commands::learn::run(&args),
+        Command::Demo(args) => commands::demo::run(&args),
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod demo;
 pub mod deploy;
 pub mod graph;
 pub mod learn;

@@ -1,6 +1,7 @@
 mod architecture;
 mod build;
 mod crash;
+mod demo;
 mod deploy;
 mod hardening;
 mod hostile;
