@@ -53,6 +53,12 @@ pub enum Command {
     Learn(LearnArgs),
     /// Run history, run diffs, and pictures (HTML timeline, Chrome trace, badge).
     Report(ReportArgs),
+    /// Turn another CI system's workflow into a pipeline.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Write a workflow for another CI system that runs a pipeline.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// What cairn is for, in seconds: a small project built cold, warm, restored, and after
     /// one change (exactly its dependents run), then `why` and the HTML report.
     Demo(DemoArgs),
@@ -455,6 +461,47 @@ pub struct VerifyArgs {
     pub rebuild: bool,
     /// Steps to check (default: every cacheable step with a stored entry).
     pub steps: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A GitHub Actions workflow (`.github/workflows/*.yml`) as a pipeline that `cairn check`
+    /// accepts: jobs become steps, deploy jobs environments (docs/github-actions.md).
+    GithubActions {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// Where to write the pipeline (default: pipelines/NAME.ron; `-` for stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The pipeline's name (default: the workflow's `name:`, as a slug).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// A GitHub Actions workflow running the pipeline one job per step, sharing the remote
+    /// cache (docs/github-actions.md).
+    GithubActions {
+        #[command(flatten)]
+        pipeline: PipelineArg,
+        /// Where to write the workflow (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The action that installs cairn in each job.
+        #[arg(long, default_value = "./.github/actions/setup-cairn")]
+        setup_action: String,
+        /// The cairn version it installs (default: this one's).
+        #[arg(long)]
+        cairn_version: Option<String>,
+        /// The runner label of every job.
+        #[arg(long, default_value = "ubuntu-24.04")]
+        runs_on: String,
+    },
 }
 
 #[derive(Debug, Args)]

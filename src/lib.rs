@@ -23,6 +23,7 @@
 //! deploy     effects              gates with the world plugged in, leases, runner, ledger
 //! report     over summaries       run summary, table, JSON, Markdown, HTML, trace, badge
 //! server     effects              `cairn serve`: the remote cache (Turborepo API v8), ledger
+//! interop    text to text         GitHub Actions workflows imported and exported
 //! clock, interrupt                leaves: the time in words; Ctrl-C
 //! ```
 //! Who may import whom is checked by `tests/suite/architecture.rs`: report, cache and server
@@ -70,6 +71,7 @@ pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod inputs;
+pub mod interop;
 pub mod interrupt;
 pub mod report;
 pub mod server;
@@ -107,6 +109,8 @@ fn dispatch(cli: cli::Cli) -> Result<(), Error> {
         Command::Verify(args) => commands::verify::run(&args),
         Command::Learn(args) => commands::learn::run(&args),
         Command::Demo(args) => commands::demo::run(&args),
+        Command::Import(c) => commands::interop::import(&c),
+        Command::Export(c) => commands::interop::export(&c),
         Command::Report(args) => commands::report::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Keys(cmd) => commands::serve::keys(&cmd),

@@ -7,6 +7,7 @@ pub mod check;
 pub mod demo;
 pub mod deploy;
 pub mod graph;
+pub mod interop;
 pub mod learn;
 pub mod plan;
 pub mod report;

@@ -334,8 +334,11 @@ fn the_scan_journal_skips_the_walk_and_still_sees_every_change() {
     assert_eq!(c.build_scan(), (vec!["gen".into(), "lint".into(), "use".into()], "walk".into()));
     // The run created out/ and res/ in the root: its directory changed, so the next run walks.
     assert_eq!(c.build_scan(), (vec![], "walk".into()));
+    // Aged, the root's mtime moved again: the next run walks, or (when its listing was taken
+    // out of the racy window, which depends on how fast the last run ended) reads the root
+    // again and finds the same names. Either way nothing runs.
     age(c.p.path());
-    assert_eq!(c.build_scan(), (vec![], "walk".into()));
+    assert_eq!(c.build_scan().0, Vec::<String>::new());
     // Nothing changed since that walk: the journal replays it, stats only.
     assert_eq!(c.build_scan(), (vec![], "journal".into()));
     // A file edited in place: still no walk, and exactly its dependents run.

@@ -3,6 +3,7 @@ mod build;
 mod crash;
 mod demo;
 mod deploy;
+mod github;
 mod hardening;
 mod hostile;
 mod learn;

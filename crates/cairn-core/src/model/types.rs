@@ -320,6 +320,11 @@ pub struct Step {
     /// it so). Its entries stay local unless a build passes `--share-unreproducible`.
     #[serde(default)]
     pub reproducible: Option<bool>,
+    /// Set by `cairn import` for a GitHub action (or expression) it could not turn into a
+    /// command: what the step stands for. `cairn check` reports such a step until a person
+    /// replaces it with a real `run` and removes this field.
+    #[serde(default)]
+    pub unported: Option<String>,
     /// Expand into one step per combination: `{ "otp": ["26", "27"] }`; values are usable as
     /// `{matrix.otp}` and reach the step as `MATRIX_OTP`.
     #[serde(default)]

@@ -175,6 +175,14 @@ pub fn validate(p: &Pipeline, loc: &Locator) -> Vec<Diagnostic> {
         for s in &step.input_sets {
             c.reference(name, "input set", s, &sets, "declare it under `input_sets`");
         }
+        if let Some(what) = &step.unported {
+            let at = c.loc.locate(Some(name), "unported");
+            c.push(
+                at,
+                format!("step `{name}` stands for {what}, which cairn cannot run"),
+                Some("replace its `run` with the commands it should run, then delete its `unported` field".into()),
+            );
+        }
         for g in step.inputs.iter().chain(&step.exclude).chain(&step.untracked) {
             c.glob(name, g);
         }
