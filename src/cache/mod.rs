@@ -520,6 +520,41 @@ impl Store {
         Ok(())
     }
 
+    /// A cached toolchain probe record (see `exec::toolchain`), if one is kept under `key`.
+    pub fn load_probe(&self, key: &str) -> Option<Vec<u8>> {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        fs::read(self.dir.join("probes").join(key)).ok()
+    }
+
+    /// Keep a toolchain probe record (written aside, then renamed); records unused for 30
+    /// days are removed.
+    pub fn save_probe(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        let dir = self.dir.join("probes");
+        let io = |context: &str| {
+            let (dir, context) = (dir.clone(), context.to_string());
+            move |source| StoreError::Io { dir, context, source }
+        };
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        fs::create_dir_all(&dir).map_err(io("creating the probe directory"))?;
+        let tmp = self.tmp_dir().join(format!("probe-{}", archive::unique()));
+        fs::write(&tmp, data).map_err(io("writing a probe record"))?;
+        if let Err(e) = fs::rename(&tmp, dir.join(key)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io("publishing a probe record")(e));
+        }
+        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < month_ago) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
     /// Keep a lock file's content by digest (for structural diffs in `cairn why`).
     pub fn save_snapshot(&self, digest: &str, content: &str) {
         let _ = self.index().save_snapshot(digest, content);

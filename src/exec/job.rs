@@ -556,6 +556,7 @@ impl Job<'_> {
             }
             let touch = match a.kind {
                 trace::Kind::Read | trace::Kind::Exec => Touch::Read,
+                trace::Kind::Stat => continue, // not traced in report mode
                 trace::Kind::Write => Touch::Write,
                 trace::Kind::Connect(port) => Touch::Connect(port),
             };

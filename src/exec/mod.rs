@@ -19,6 +19,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod secrets;
 pub mod services;
+pub mod toolchain;
 pub mod trace;
 pub mod workspace;
 

@@ -134,7 +134,12 @@ pub fn prepare(
                 let tc = p.toolchains.get(name).expect("validated");
                 let name = name.to_string();
                 s.spawn(move || {
-                    let result = process::capture(&tc.probe, root, false);
+                    let t = Instant::now();
+                    let result = super::toolchain::probe(Some(store), &tc.probe, root, &tc.env);
+                    if std::env::var_os("CAIRN_TIMINGS").is_some() {
+                        let how = if result.as_ref().is_ok_and(|p| p.cached) { "cached" } else { "ran" };
+                        eprintln!("cairn timing: probe {name} ({how}) {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+                    }
                     let r = match result {
                         Err(e) => Err(ExecError::ProbeFailed {
                             name: name.clone(),
@@ -143,18 +148,12 @@ pub fn prepare(
                             output: String::new(),
                         }),
                         Ok(out) => {
-                            let text = format!(
-                                "{}{}",
-                                String::from_utf8_lossy(&out.stdout),
-                                String::from_utf8_lossy(&out.stderr)
-                            )
-                            .trim()
-                            .to_string();
-                            if !out.status.success() {
+                            let text = out.output;
+                            if !out.success {
                                 Err(ExecError::ProbeFailed {
                                     name: name.clone(),
                                     probe: tc.probe.clone(),
-                                    status: out.status.to_string(),
+                                    status: out.status,
                                     output: if text.is_empty() { String::new() } else { format!(": {text}") },
                                 })
                             } else if let Some(req) = tc.require.as_ref().filter(|r| !version_matches(&text, r)) {

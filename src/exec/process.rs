@@ -119,14 +119,42 @@ impl Console {
 /// its own process group; Ctrl-C kills the group and returns `Err(Interrupted)`. For short
 /// commands whose output cairn reads (toolchain probes, secret providers).
 pub fn capture(command: &str, cwd: &Path, inherit_stderr: bool) -> std::io::Result<std::process::Output> {
+    capture_inner(command, cwd, inherit_stderr, None).map(|(o, _)| o)
+}
+
+/// [`capture`], traced (see `exec::trace`): also what the command's processes opened and
+/// executed, absent paths included (toolchain probes are cached on these).
+pub fn capture_traced(command: &str, cwd: &Path) -> std::io::Result<(std::process::Output, Vec<super::trace::Access>)> {
+    let tracer = super::trace::Tracer::start_with_stats()?;
+    capture_inner(command, cwd, false, Some(tracer)).map(|(o, a)| (o, a.unwrap_or_default()))
+}
+
+type Captured = (std::process::Output, Option<Vec<super::trace::Access>>);
+
+fn capture_inner(
+    command: &str,
+    cwd: &Path,
+    inherit_stderr: bool,
+    mut tracer: Option<super::trace::Tracer>,
+) -> std::io::Result<Captured> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).process_group(0);
     cmd.stderr(if inherit_stderr { Stdio::inherit() } else { Stdio::piped() });
-    let mut child = cmd.spawn()?;
+    if let Some(t) = &tracer {
+        // SAFETY: the hook only makes system calls (see `Tracer::hook`).
+        unsafe {
+            cmd.pre_exec(t.hook());
+        }
+    }
+    let spawned = cmd.spawn();
+    if let Some(t) = tracer.as_mut() {
+        t.spawned();
+    }
+    let mut child = spawned?;
     let pid = child.id();
     let mut out = child.stdout.take().expect("piped");
     let err = child.stderr.take();
-    std::thread::scope(|s| {
+    let output = std::thread::scope(|s| {
         let o = s.spawn(move || {
             let mut v = Vec::new();
             let _ = out.read_to_end(&mut v);
@@ -148,11 +176,12 @@ pub fn capture(command: &str, cwd: &Path, inherit_stderr: bool) -> std::io::Resu
                 let _ = child.wait();
                 return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         };
         kill_group(pid, libc::SIGKILL); // nothing it started may hold the pipes open
         Ok(std::process::Output { status, stdout: o.join().unwrap_or_default(), stderr: e.join().unwrap_or_default() })
-    })
+    })?;
+    Ok((output, tracer.map(super::trace::Tracer::finish)))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,6 +43,8 @@ pub enum Kind {
     Exec,
     /// Connected over IPv4 or IPv6 to this port (`path` holds `ADDRESS:PORT`).
     Connect(u16),
+    /// Looked at (`stat`, `access`): traced only when asked ([`Tracer::start_with_stats`]).
+    Stat,
 }
 
 /// One traced call: an absolute path (not yet normalised) and what was done with it.
@@ -71,6 +73,21 @@ const TRAPPED: &[libc::c_long] = &[
 const TRAPPED: &[libc::c_long] =
     &[libc::SYS_openat, libc::SYS_openat2, libc::SYS_execve, libc::SYS_execveat, libc::SYS_connect];
 
+/// The stat family, traced for toolchain probes (a shell finds a command on `PATH` by
+/// `stat`, so a tool appearing earlier on `PATH` shows only there).
+#[cfg(target_arch = "x86_64")]
+const STATS: &[libc::c_long] = &[
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_access,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+];
+#[cfg(target_arch = "aarch64")]
+const STATS: &[libc::c_long] = &[libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_faccessat, libc::SYS_faccessat2];
+
 /// Whether report mode can work here: Linux 5.5 or later with seccomp (`CAIRN_SECCOMP=off`
 /// pretends it cannot, to see how a build degrades).
 pub fn available() -> bool {
@@ -85,19 +102,19 @@ pub fn available() -> bool {
 
 /// The BPF program: on this architecture, trapped calls go to the supervisor, io_uring is
 /// refused, everything else is allowed.
-fn program() -> Vec<libc::sock_filter> {
+fn program(trapped: &[libc::c_long]) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let n = TRAPPED.len();
+    let n = trapped.len();
     let (allow, notify) = (n + 4, n + 5);
     let mut f = vec![
         op(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
         op(JEQ_K, 0, (allow - 2) as u8, AUDIT_ARCH),
         op(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
-    for (i, nr) in TRAPPED.iter().enumerate() {
+    for (i, nr) in trapped.iter().enumerate() {
         f.push(op(JEQ_K, (notify - (3 + i) - 1) as u8, 0, *nr as u32));
     }
     f.push(op(JEQ_K, 2, 0, libc::SYS_io_uring_setup as u32));
@@ -122,6 +139,15 @@ pub struct Tracer {
 impl Tracer {
     /// Set up a trace and start its supervisor (which waits for the child's listener).
     pub fn start() -> io::Result<Tracer> {
+        Tracer::start_traps(TRAPPED.to_vec())
+    }
+
+    /// [`Tracer::start`], the stat family too.
+    pub fn start_with_stats() -> io::Result<Tracer> {
+        Tracer::start_traps(TRAPPED.iter().chain(STATS).copied().collect())
+    }
+
+    fn start_traps(trapped: Vec<libc::c_long>) -> io::Result<Tracer> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: socketpair writes two descriptors into the array we pass.
         if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }
@@ -131,7 +157,7 @@ impl Tracer {
         }
         // SAFETY: both descriptors were just made and are ours alone.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let mut filter = program().into_boxed_slice();
+        let mut filter = program(&trapped).into_boxed_slice();
         let prog = Box::new(libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() });
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -296,6 +322,11 @@ fn describe(listener: RawFd, req: &libc::seccomp_notif, mem: &mut HashMap<u32, F
         libc::SYS_execve => (libc::AT_FDCWD, a[0], 0, true),
         libc::SYS_execveat => (a[0] as i32, a[1], 0, true),
         libc::SYS_connect => return connect(mem, req.pid, a[1], a[2]),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_stat | libc::SYS_lstat | libc::SYS_access => return stat(mem, req, libc::AT_FDCWD, a[0]),
+        libc::SYS_newfstatat | libc::SYS_statx | libc::SYS_faccessat | libc::SYS_faccessat2 => {
+            return stat(mem, req, a[0] as i32, a[1])
+        }
         _ => return None,
     };
     let flags = flags as i32;
@@ -327,6 +358,22 @@ fn describe(listener: RawFd, req: &libc::seccomp_notif, mem: &mut HashMap<u32, F
         Kind::Read
     };
     Some(Access { path, kind })
+}
+
+/// A `stat`-like call on a path (an empty path, `fstat` by descriptor, is no path).
+fn stat(mem: &mut HashMap<u32, File>, req: &libc::seccomp_notif, dirfd: i32, ptr: u64) -> Option<Access> {
+    let path = read_path(mem, req.pid, ptr)?;
+    let path = if path.is_absolute() {
+        path
+    } else {
+        let base = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{}/cwd", req.pid)
+        } else {
+            format!("/proc/{}/fd/{dirfd}", req.pid)
+        };
+        std::fs::read_link(base).ok()?.join(path)
+    };
+    Some(Access { path, kind: Kind::Stat })
 }
 
 /// An IPv4 or IPv6 `connect` (other families are not the network).
@@ -379,10 +426,8 @@ fn read_path(mem: &mut HashMap<u32, File>, pid: u32, addr: u64) -> Option<PathBu
     None
 }
 
-/// A traced path as the file it names: `.` and `..` taken out, and the directory holding it
-/// resolved through links (mix reads `priv/` through `_build/*/lib/APP/priv`; what it reads is
-/// `priv/`).
-pub fn resolve(path: &Path) -> PathBuf {
+/// `.` and `..` taken out of a path, without resolving links.
+fn resolve_lexically(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -393,6 +438,14 @@ pub fn resolve(path: &Path) -> PathBuf {
             other => out.push(other),
         }
     }
+    out
+}
+
+/// A traced path as the file it names: `.` and `..` taken out, and the directory holding it
+/// resolved through links (mix reads `priv/` through `_build/*/lib/APP/priv`; what it reads is
+/// `priv/`).
+pub fn resolve(path: &Path) -> PathBuf {
+    let out = resolve_lexically(path);
     match (out.parent().and_then(|p| p.canonicalize().ok()), out.file_name()) {
         (Some(dir), Some(name)) => dir.join(name),
         _ => out,
@@ -455,7 +508,7 @@ mod tests {
 
     #[test]
     fn the_filter_jumps_land_on_the_right_returns() {
-        let f = program();
+        let f = program(TRAPPED);
         let n = TRAPPED.len();
         // Arch mismatch skips to ALLOW; every trapped number jumps to NOTIF; io_uring to ERRNO.
         assert_eq!(2 + f[1].jf as usize, n + 4);

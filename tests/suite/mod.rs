@@ -8,6 +8,7 @@ mod hardening;
 mod hostile;
 mod learn;
 mod pipeline;
+mod probes;
 pub mod remote;
 mod report;
 mod reproducible;

@@ -244,6 +244,11 @@ pub struct Toolchain {
     /// A version the probe's output must show, e.g. "1.18" (matches 1.18.x).
     #[serde(default)]
     pub require: Option<String>,
+    /// Environment variables the probe's output depends on, besides `PATH` and the ones
+    /// toolchain managers read (`ASDF_*`, `RUSTUP_*`, ...): a change in one re-runs the probe
+    /// instead of reusing its cached output.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
