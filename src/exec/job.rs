@@ -214,6 +214,22 @@ impl Job<'_> {
                 "{prefix} hint: the sandbox denies reads of undeclared files and writes outside the outputs; `cairn learn {}` names what the step needs",
                 node.name
             ));
+            // `rm -rf dist` before a build: the rule that makes `dist/` writable is on that
+            // directory, so the step may empty it but not delete and re-make it.
+            let err = String::from_utf8_lossy(&outcome.stderr);
+            let removed = node.step.outputs.iter().filter(|o| o.ends_with('/')).find(|o| {
+                let name = o.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                err.lines().any(|l| l.contains("cannot remove") && l.contains(&format!("{name}'")))
+            });
+            if let Some(o) = removed {
+                let o = o.trim_end_matches('/');
+                // As the step's command names it: relative to its working directory.
+                let wd = node.step.workdir.as_deref().map(|w| format!("{}/", w.trim_end_matches('/')));
+                let shown = wd.as_deref().and_then(|w| o.strip_prefix(w)).unwrap_or(o);
+                b.console.note(&format!(
+                    "{prefix} hint: under the sandbox a step may empty its output directory `{o}/` but not delete it: write `rm -rf {shown}/*` instead of `rm -rf {shown}`, or give the step `sandbox: Off`"
+                ));
+            }
         }
         match &outcome.exit {
             Exit::Code(0) => {}

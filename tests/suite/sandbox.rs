@@ -225,3 +225,26 @@ fn the_sandbox_works_unprivileged() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("step `no` read secret.txt, which is not among its inputs"), "{err}");
 }
+
+/// `rm -rf dist` in a build script: the sandbox's rule is on `dist/` itself, so the step may
+/// empty it but not delete it. The failure says exactly that, with the line to write instead.
+#[test]
+fn deleting_an_output_directory_fails_with_the_fix_and_emptying_it_works() {
+    if !needs_landlock("deleting_an_output_directory_fails_with_the_fix_and_emptying_it_works") {
+        return;
+    }
+    let p = Project::new()
+        .pipeline(
+            r#"Pipeline(name: "d", steps: {"b": (run: "rm -rf dist && mkdir -p dist && cp src/a.txt dist/", workdir: "pkg", inputs: ["pkg/src/**"], outputs: ["pkg/dist/"])})"#,
+        )
+        .file("pkg/src/a.txt", "a\n");
+    let r = p.run(&["build", "-p", "pipelines/test.ron"]).code(1);
+    assert!(
+        r.stderr.contains("may empty its output directory `pkg/dist/` but not delete it: write `rm -rf dist/*` instead of `rm -rf dist`"),
+        "{}",
+        r.stderr
+    );
+    p.write("pipelines/test.ron", &p.read("pipelines/test.ron").replace("rm -rf dist &&", "rm -rf dist/* &&"));
+    p.run(&["build", "-p", "pipelines/test.ron"]).ok();
+    assert_eq!(p.read("pkg/dist/a.txt"), "a\n");
+}
