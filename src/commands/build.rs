@@ -127,7 +127,8 @@ fn build_with(
     prefetch: &exec::Prefetch,
     t_all: std::time::Instant,
 ) -> Result<(exec::BuildOutcome, exec::Prepared, bool), Error> {
-    let prepared = exec::prepare(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
+    let mut prepared = exec::prepare_deferring_journal(p, g, &selected, root, store, cache_dir, jobs.max(2))?;
+    let journal = prepared.pending_journal.take();
     let landlock = exec::sandbox::abi();
     let over = args.sandbox.map(crate::model::SandboxMode::from);
     let modes: Vec<_> =
@@ -174,7 +175,15 @@ fn build_with(
     };
     exec::timing("load and prepare", t_all);
     let t = std::time::Instant::now();
-    let outcome = build.run(&prepared);
+    // The scan journal is kept while the steps run (a one-file change should not wait for it).
+    let (outcome, journal_warning) = std::thread::scope(|s| {
+        let saver = s.spawn(|| exec::Prepared::save_journal(journal, store));
+        let outcome = build.run(&prepared);
+        (outcome, saver.join().ok().flatten())
+    });
+    if let Some(w) = journal_warning {
+        eprintln!("warning: {w}");
+    }
     exec::timing("dispatch", t);
     let mut remote_trouble = false;
     if let Some(r) = &remote {

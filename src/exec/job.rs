@@ -278,10 +278,13 @@ impl Job<'_> {
         // Inputs must not have changed while the step ran.
         let t = Instant::now();
         let inputs = &self.prepared.inputs[&self.node];
+        // Only the part of the tree its globs reach: a change costs what it changes.
+        let bases = inputs::walk_bases(&inputs.include);
         let rescan =
-            inputs::scan(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default()).and_then(|mut a| {
-                inputs::add_untracked(&b.root, std::slice::from_ref(inputs), &mut a.per_step).map(|()| a)
-            });
+            inputs::scan_within(&self.prepared.walk, std::slice::from_ref(inputs), &Default::default(), &bases)
+                .and_then(|mut a| {
+                    inputs::add_untracked(&b.root, std::slice::from_ref(inputs), &mut a.per_step).map(|()| a)
+                });
         match rescan {
             Ok(after) if after.per_step[0] != self.manifest.inputs => {
                 let changed = changed_paths(&self.manifest.inputs, &after.per_step[0]);

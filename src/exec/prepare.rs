@@ -43,6 +43,20 @@ pub struct Prepared {
     pub warnings: Vec<String>,
     pub scan: inputs::ScanStats,
     pub walk: WalkOptions,
+    /// The scan journal still to be kept (from [`prepare_deferring_journal`]): the build
+    /// saves it while its steps run, off the path of a one-file change.
+    pub pending_journal: Option<(String, inputs::journal::Journal)>,
+}
+
+impl Prepared {
+    /// Keep the pending scan journal, if any; a failure is a warning.
+    pub fn save_journal(journal: Option<(String, inputs::journal::Journal)>, store: &Store) -> Option<String> {
+        let (sig, j) = journal?;
+        let t = Instant::now();
+        let r = store.save_journal(&sig, &j).err();
+        timing("save scan journal", t);
+        r.map(|e| format!("could not save the scan journal (the next run walks the tree): {e}"))
+    }
 }
 
 /// Which files a step reads: its globs and those of its input sets.
@@ -116,6 +130,23 @@ pub fn missing_literal_inputs(p: &Pipeline, g: &Graph, selected: &[usize], root:
 
 /// Probe toolchains, resolve secrets, hash inputs.
 pub fn prepare(
+    p: &Pipeline,
+    g: &Graph,
+    selected: &[usize],
+    root: &Path,
+    store: &Store,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<Prepared, ExecError> {
+    let mut prepared = prepare_deferring_journal(p, g, selected, root, store, cache_dir, threads)?;
+    if let Some(w) = Prepared::save_journal(prepared.pending_journal.take(), store) {
+        prepared.warnings.push(w);
+    }
+    Ok(prepared)
+}
+
+/// [`prepare`], leaving the scan journal to keep in [`Prepared::pending_journal`].
+pub fn prepare_deferring_journal(
     p: &Pipeline,
     g: &Graph,
     selected: &[usize],
@@ -261,13 +292,7 @@ pub fn prepare(
             eprintln!("cairn timing: hashed {p}");
         }
     }
-    if let Some(j) = snap.journal.take().filter(|_| !store.is_read_only()) {
-        let t = Instant::now();
-        if let Err(e) = store.save_journal(&sig, &j) {
-            warnings.push(format!("could not save the scan journal (the next run walks the tree): {e}"));
-        }
-        timing("save scan journal", t);
-    }
+    let pending_journal = snap.journal.take().filter(|_| !store.is_read_only()).map(|j| (sig.clone(), j));
 
     let t = Instant::now();
     let mut manifests = BTreeMap::new();
@@ -320,5 +345,6 @@ pub fn prepare(
         warnings,
         scan: snap.stats,
         walk,
+        pending_journal,
     })
 }

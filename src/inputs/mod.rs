@@ -241,6 +241,58 @@ pub fn scan(
     steps: &[StepInputs],
     stat_cache: &HashMap<String, StatEntry>,
 ) -> Result<Snapshot, InputError> {
+    scan_inner(opts, steps, stat_cache, &[String::new()])
+}
+
+/// The directories a walk for `include` globs must cover (relative; `""`: the whole root):
+/// each glob's leading literal directories (`packages/p017/**` → `packages/p017`, a literal
+/// path → its directory). Nested ones are folded into the outer.
+pub fn walk_bases(include: &[String]) -> Vec<String> {
+    let mut bases: Vec<String> = Vec::new();
+    for g in include.iter().filter(|g| !g.starts_with('!')) {
+        let dir = g.ends_with('/');
+        let g = g.trim_start_matches("./").trim_end_matches('/');
+        let parts: Vec<&str> = g.split('/').collect();
+        let literal = parts.iter().take_while(|p| !p.contains(['*', '?', '[', '{', '\\'])).count();
+        // A literal path may be a file (unless written `dir/`): walk its directory.
+        let keep = if literal == parts.len() && !dir { literal - 1 } else { literal };
+        bases.push(parts[..keep].join("/"));
+    }
+    bases.sort();
+    bases.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for b in bases {
+        if !out.iter().any(|o| o.is_empty() || b == *o || b.starts_with(&format!("{o}/"))) {
+            out.push(b);
+        }
+    }
+    if out.iter().any(String::is_empty) || out.is_empty() {
+        return vec![String::new()];
+    }
+    out
+}
+
+/// [`scan`], walking only below `bases` (see [`walk_bases`]): what a step's own inputs
+/// need, at the cost of its part of the tree. No journal comes of it.
+pub fn scan_within(
+    opts: &WalkOptions,
+    steps: &[StepInputs],
+    stat_cache: &HashMap<String, StatEntry>,
+    bases: &[String],
+) -> Result<Snapshot, InputError> {
+    let mut snap = scan_inner(opts, steps, stat_cache, bases)?;
+    if bases.iter().any(|b| !b.is_empty()) {
+        snap.journal = None;
+    }
+    Ok(snap)
+}
+
+fn scan_inner(
+    opts: &WalkOptions,
+    steps: &[StepInputs],
+    stat_cache: &HashMap<String, StatEntry>,
+    bases: &[String],
+) -> Result<Snapshot, InputError> {
     let mut builder = GlobSetBuilder::new();
     let mut owner: Vec<usize> = Vec::new();
     let mut excludes: Vec<GlobSet> = Vec::new();
@@ -286,7 +338,11 @@ pub fn scan(
     let collected: Mutex<Local> = Mutex::new(Local::default());
     let first_error: Mutex<Option<InputError>> = Mutex::new(None);
 
-    let mut wb = ignore::WalkBuilder::new(&root);
+    let starts: Vec<PathBuf> = bases.iter().map(|b| if b.is_empty() { root.clone() } else { root.join(b) }).collect();
+    let mut wb = ignore::WalkBuilder::new(&starts[0]);
+    for extra in &starts[1..] {
+        wb.add(extra);
+    }
     wb.hidden(false)
         .git_ignore(opts.gitignore)
         .git_exclude(opts.gitignore)
@@ -459,6 +515,16 @@ pub(super) mod tests {
 
     pub(crate) fn opts(root: &Path) -> WalkOptions {
         WalkOptions { root: root.into(), gitignore: true, prune: vec!["out".into()], prune_abs: vec![], threads: 2 }
+    }
+
+    #[test]
+    fn walk_bases_are_each_globs_literal_directories() {
+        let b = |g: &[&str]| walk_bases(&g.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(b(&["packages/p017/**", "packages/p017/package.json"]), ["packages/p017"]);
+        assert_eq!(b(&["lib/**", "config/*.exs", "mix.exs", "!lib/x/**"]), [""]);
+        assert_eq!(b(&["lib/**", "config/*.exs", "test/"]), ["config", "lib", "test"]);
+        assert_eq!(b(&["**/*.rs"]), [""]);
+        assert_eq!(b(&[]), [""]);
     }
 
     #[test]

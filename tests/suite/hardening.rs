@@ -539,11 +539,15 @@ fn a_closed_pipe_ends_output_quietly() {
 #[test]
 fn the_wall_time_includes_toolchain_probes() {
     let p = Project::new().pipeline(
-        r#"Pipeline(name: "t", toolchains: {"slow": (probe: "sleep 0.6; echo v1")},
+        r#"Pipeline(name: "t", toolchains: {"slow": (probe: "sleep 0.6; echo v1", env: ["SLOW_FLAVOUR"])},
            steps: {"a": (run: "true", toolchains: ["slow"])})"#,
     );
     p.run(BUILD).ok();
-    let v = summary(&p, &[]);
+    // An all-hit run whose probe had to run again (what it depends on changed): the probe's
+    // time is in the wall time although no step ran.
+    let args = ["build", "-p", "pipelines/test.ron", "--summary", "json"];
+    let v = p.run_with(&args, &[("SLOW_FLAVOUR", "other")]).ok().json();
+    assert_eq!(v["steps"][0]["status"], "hit-local", "{v}");
     assert!(v["totals"]["wall_ms"].as_u64().unwrap() >= 600, "{v}");
 }
 
