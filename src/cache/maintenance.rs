@@ -14,8 +14,24 @@ impl Store {
         for e in &entries {
             blob_sizes.insert(e.blob.clone(), e.blob_size);
         }
-        let mut total: u64 = blob_sizes.values().sum();
+        // Unpacked copies (restores by hard link) count too, and go first: they are a cache
+        // of the cache, least recently used first.
+        let copies = self.unpacked_copies();
+        let mut total: u64 = blob_sizes.values().sum::<u64>() + copies.iter().map(|c| c.1).sum::<u64>();
         report.before_bytes = total;
+        let mut copy_bytes: std::collections::BTreeMap<&str, u64> =
+            copies.iter().map(|(b, n, _)| (b.as_str(), *n)).collect();
+        for (blob, bytes, _) in &copies {
+            if total <= max_bytes {
+                break;
+            }
+            copy_bytes.remove(blob.as_str());
+            report.unpacked_dropped += 1;
+            total -= bytes;
+            if !dry_run {
+                self.drop_unpacked(blob);
+            }
+        }
         let mut live_refs: std::collections::BTreeMap<String, usize> = Default::default();
         for e in &entries {
             *live_refs.entry(e.blob.clone()).or_default() += 1;
@@ -31,7 +47,7 @@ impl Store {
             let refs = live_refs.get_mut(&e.blob).expect("counted above");
             *refs -= 1;
             if *refs == 0 {
-                total -= e.blob_size;
+                total -= e.blob_size + copy_bytes.remove(e.blob.as_str()).unwrap_or(0);
             }
             if !dry_run {
                 self.drop_entry(&e.key, "evicted")?;
@@ -52,6 +68,18 @@ impl Store {
                             let _ = fs::remove_file(f.path());
                         }
                     }
+                }
+            }
+        }
+        // Unpacked copies of blobs no entry references, and copies without a manifest.
+        for f in fs::read_dir(self.dir.join("unpacked")).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let blob = name.trim_end_matches(".json");
+            let kept = referenced.contains(blob) && self.dir.join("unpacked").join(format!("{blob}.json")).exists();
+            if !kept {
+                report.orphans += 1;
+                if !dry_run {
+                    let _ = archive::remove_any(&f.path());
                 }
             }
         }
@@ -105,6 +133,8 @@ pub struct GcReport {
     pub after_bytes: u64,
     pub evicted: Vec<(String, String, u64)>,
     pub orphans: u64,
+    /// Unpacked copies removed to get under the cap.
+    pub unpacked_dropped: u64,
 }
 
 #[derive(Debug, Default)]

@@ -425,7 +425,17 @@ impl Store {
             protected(rel)
         };
         let rules = archive::LinkRules { root, outputs, protected: &guard };
-        let result = archive::unpack(&blob, &entry.blob, &staging, Limits::for_restore(root), &rules).and_then(|u| {
+        // From the entry's unpacked copy by hard links when there is a sound one; else
+        // extracted from the blob (and an unpacked copy made of it for next time).
+        let linked = self.link_unpacked(&entry.blob, &staging, &rules);
+        let unpacked = match linked {
+            Some(Ok(u)) => Ok(u),
+            Some(Err(e)) => Err(e),
+            None => archive::unpack(&blob, &entry.blob, &staging, Limits::for_restore(root), &rules).inspect(|u| {
+                self.keep_unpacked(&entry.blob, &staging, u);
+            }),
+        };
+        let result = unpacked.and_then(|u| {
             crate::inputs::timing("restore: unpack", t);
             let changed = if explain { archive::first_difference(&staging, root, outputs) } else { None };
             let t = std::time::Instant::now();
@@ -456,6 +466,102 @@ impl Store {
         }
     }
 
+    /// Where an entry's unpacked copy lives, and its manifest.
+    fn unpacked_paths(&self, blob: &str) -> Option<(PathBuf, PathBuf)> {
+        if blob.len() != 64 || !blob.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let dir = self.dir.join("unpacked");
+        Some((dir.join(blob), dir.join(format!("{blob}.json"))))
+    }
+
+    /// Restore into `staging` from the unpacked copy of `blob`, if there is one: `None` when
+    /// there is none (or it was stale or unusable, and is gone now), else the result.
+    fn link_unpacked(
+        &self,
+        blob: &str,
+        staging: &Path,
+        rules: &archive::LinkRules,
+    ) -> Option<Result<archive::Unpacked, ArchiveError>> {
+        if std::env::var_os("CAIRN_NO_UNPACKED").is_some() {
+            return None;
+        }
+        let (copy, manifest) = self.unpacked_paths(blob)?;
+        let m: archive::linked::Manifest = serde_json::from_slice(&fs::read(&manifest).ok()?).ok()?;
+        let t = std::time::Instant::now();
+        let r = archive::linked::link_from(&copy, &m, staging, rules);
+        match r {
+            Ok(u) => {
+                crate::inputs::timing("restore: link from the unpacked copy", t);
+                // Recently used: gc keeps it longest.
+                let _ = fs::File::options()
+                    .write(true)
+                    .open(&manifest)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                Some(Ok(u))
+            }
+            Err(archive::linked::NotUsable::Failed(e @ (ArchiveError::Interrupted | ArchiveError::Unsafe { .. }))) => {
+                Some(Err(e))
+            }
+            Err(_) => {
+                // Stale (a file was written since) or unusable: extract instead, afresh.
+                let _ = archive::remove_any(staging);
+                self.drop_unpacked(blob);
+                None
+            }
+        }
+    }
+
+    /// After an extraction into `staging`: keep an unpacked copy of it (hard links) for the
+    /// next restore. Quietly nothing when the store is read-only or on another filesystem.
+    fn keep_unpacked(&self, blob: &str, staging: &Path, u: &archive::Unpacked) {
+        if self.read_only || std::env::var_os("CAIRN_NO_UNPACKED").is_some() {
+            return;
+        }
+        let Some((copy, manifest)) = self.unpacked_paths(blob) else { return };
+        if manifest.exists() {
+            return;
+        }
+        let t = std::time::Instant::now();
+        let tmp = self.tmp_dir().join(format!("unpacked-{}", archive::unique()));
+        let made = archive::linked::make_copy(staging, &tmp, u).ok().and_then(|m| {
+            let _ = fs::create_dir_all(copy.parent()?);
+            let _ = archive::remove_any(&copy);
+            fs::rename(&tmp, &copy).ok()?;
+            let json = serde_json::to_vec(&m).ok()?;
+            let mtmp = self.tmp_dir().join(format!("unpacked-{}.json", archive::unique()));
+            fs::write(&mtmp, json).and_then(|()| fs::rename(&mtmp, &manifest)).ok()
+        });
+        if made.is_none() {
+            let _ = archive::remove_any(&tmp);
+            let _ = archive::remove_any(&copy);
+        }
+        crate::inputs::timing("restore: keep an unpacked copy", t);
+    }
+
+    /// Remove the unpacked copy of `blob` (manifest first: without it the copy is unused).
+    pub fn drop_unpacked(&self, blob: &str) {
+        if let Some((copy, manifest)) = self.unpacked_paths(blob) {
+            let _ = fs::remove_file(&manifest);
+            let _ = archive::remove_any(&copy);
+        }
+    }
+
+    /// The unpacked copies: (blob, bytes, last used), least recently used first.
+    pub fn unpacked_copies(&self) -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(self.dir.join("unpacked")).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(blob) = name.strip_suffix(".json") else { continue };
+            let Ok(text) = fs::read(e.path()) else { continue };
+            let Ok(m) = serde_json::from_slice::<archive::linked::Manifest>(&text) else { continue };
+            let used = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            v.push((blob.to_string(), m.bytes, used));
+        }
+        v.sort_by_key(|(_, _, used)| *used);
+        v
+    }
+
     /// Mark entries used by this run (hits whose outputs were already in place are never
     /// restored, but they are used all the same: LRU eviction must not pick them first).
     pub fn touch_many(&self, keys: &[&str]) -> Result<(), StoreError> {
@@ -471,6 +577,9 @@ impl Store {
         if let Some(row) = idx.remove(key, why, now_ms())? {
             if idx.blob_refs(&row.blob)? == 0 {
                 let _ = fs::remove_file(self.blob_path(&row.blob));
+                drop(idx);
+                self.drop_unpacked(&row.blob);
+                return Ok(());
             }
         }
         Ok(())

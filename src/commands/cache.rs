@@ -32,6 +32,12 @@ pub fn run(cmd: &CacheCommand) -> Result<(), Error> {
             println!("store: {}", s.dir().display());
             println!("entries: {}  blobs: {}  size: {}", entries.len(), blobs.len(), bytes(blobs.values().sum()));
             println!("pinned: {}", entries.iter().filter(|e| e.pinned).count());
+            let copies = s.unpacked_copies();
+            println!(
+                "unpacked copies (restores by hard link): {}  size: {}",
+                copies.len(),
+                bytes(copies.iter().map(|c| c.1).sum())
+            );
             for (step, (n, size)) in per_step {
                 println!("  {step:<30} {n:>4} entries  {:>10}", bytes(size));
             }
@@ -51,12 +57,14 @@ pub fn run(cmd: &CacheCommand) -> Result<(), Error> {
                 println!("{verb} {step} {} ({})", &key[..12.min(key.len())], bytes(*size));
             }
             println!(
-                "{}: {} → {} (cap {}), {} entries {verb}, {} orphan files {}",
+                "{}: {} → {} (cap {}), {} entries {verb}, {} unpacked copies {}, {} orphan files {}",
                 s.dir().display(),
                 bytes(r.before_bytes),
                 bytes(r.after_bytes),
                 bytes(max),
                 r.evicted.len(),
+                r.unpacked_dropped,
+                if *dry_run { "would go" } else { "removed" },
                 r.orphans,
                 if *dry_run { "found" } else { "removed" }
             );

@@ -138,6 +138,18 @@ impl Job<'_> {
                 }
             }
         }
+        // Outputs restored by hard link share their inodes with the store's unpacked copy: a
+        // step rebuilding them in place must write private copies (see archive::linked).
+        if has_outputs && b.store.dir().join("unpacked").is_dir() {
+            let (outs, _) = archive::split_outputs(&node.outputs);
+            let t = Instant::now();
+            if let Err(e) = archive::linked::unshare(&b.root, &outs) {
+                report.status = Status::Failed;
+                report.detail = Some(format!("could not make its outputs private before it runs: {e}"));
+                return report;
+            }
+            timing("unshare outputs", t);
+        }
         let cwd = b.root.join(node.step.workdir.as_deref().unwrap_or("."));
         let mut policy = match self.sandbox_policy() {
             Ok(p) => p,

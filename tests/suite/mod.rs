@@ -7,6 +7,7 @@ mod github;
 mod hardening;
 mod hostile;
 mod learn;
+mod linked;
 mod pipeline;
 mod probes;
 pub mod remote;

@@ -25,6 +25,7 @@ use std::path::{Component, Path, PathBuf};
 
 mod compare;
 mod install;
+pub mod linked;
 mod links;
 mod unpack;
 
