@@ -608,25 +608,7 @@ impl Store {
     /// Keep the journal of `sig` (written aside, then renamed over the old one); journals
     /// of walk rules unused for 30 days are removed.
     pub fn save_journal(&self, sig: &str, journal: &crate::inputs::journal::Journal) -> Result<(), StoreError> {
-        let dir = self.dir.join("journals");
-        let io = |context: &str| {
-            let (dir, context) = (dir.clone(), context.to_string());
-            move |source| StoreError::Io { dir, context, source }
-        };
-        fs::create_dir_all(&dir).map_err(io("creating the journal directory"))?;
-        let tmp = self.tmp_dir().join(format!("journal-{}", archive::unique()));
-        fs::write(&tmp, journal.encode()).map_err(io("writing a scan journal"))?;
-        if let Err(e) = fs::rename(&tmp, dir.join(sig)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io("publishing a scan journal")(e));
-        }
-        let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
-        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < month_ago) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        Ok(())
+        self.keep_file("journals", sig, &journal.encode(), "scan journal")
     }
 
     /// A cached toolchain probe record (see `exec::toolchain`), if one is kept under `key`.
@@ -640,20 +622,26 @@ impl Store {
     /// Keep a toolchain probe record (written aside, then renamed); records unused for 30
     /// days are removed.
     pub fn save_probe(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
-        let dir = self.dir.join("probes");
-        let io = |context: &str| {
-            let (dir, context) = (dir.clone(), context.to_string());
-            move |source| StoreError::Io { dir, context, source }
-        };
         if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        fs::create_dir_all(&dir).map_err(io("creating the probe directory"))?;
-        let tmp = self.tmp_dir().join(format!("probe-{}", archive::unique()));
-        fs::write(&tmp, data).map_err(io("writing a probe record"))?;
-        if let Err(e) = fs::rename(&tmp, dir.join(key)) {
+        self.keep_file("probes", key, data, "probe record")
+    }
+
+    /// Write `data` as `DIR/name` in the store (aside, then renamed over the old one); files
+    /// in `DIR` unused for 30 days are removed.
+    fn keep_file(&self, dir: &str, name: &str, data: &[u8], what: &str) -> Result<(), StoreError> {
+        let dir = self.dir.join(dir);
+        let io = |context: String| {
+            let dir = dir.clone();
+            move |source| StoreError::Io { dir, context, source }
+        };
+        fs::create_dir_all(&dir).map_err(io(format!("creating the {what} directory")))?;
+        let tmp = self.tmp_dir().join(format!("keep-{}", archive::unique()));
+        fs::write(&tmp, data).map_err(io(format!("writing a {what}")))?;
+        if let Err(e) = fs::rename(&tmp, dir.join(name)) {
             let _ = fs::remove_file(&tmp);
-            return Err(io("publishing a probe record")(e));
+            return Err(io(format!("publishing a {what}"))(e));
         }
         let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {

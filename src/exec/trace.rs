@@ -333,17 +333,7 @@ fn describe(listener: RawFd, req: &libc::seccomp_notif, mem: &mut HashMap<u32, F
     if !exec && flags & libc::O_PATH != 0 {
         return None; // names a file without opening its contents
     }
-    let path = read_path(mem, req.pid, ptr)?;
-    let path = if path.is_absolute() {
-        path
-    } else {
-        let base = if dirfd == libc::AT_FDCWD {
-            format!("/proc/{}/cwd", req.pid)
-        } else {
-            format!("/proc/{}/fd/{dirfd}", req.pid)
-        };
-        std::fs::read_link(base).ok()?.join(path)
-    };
+    let path = absolute(req.pid, dirfd, read_path(mem, req.pid, ptr)?)?;
     // The caller may have died and its pid been reused while we read: then what we read is
     // not its.
     // SAFETY: NOTIF_ID_VALID reads the u64 id we pass.
@@ -360,19 +350,19 @@ fn describe(listener: RawFd, req: &libc::seccomp_notif, mem: &mut HashMap<u32, F
     Some(Access { path, kind })
 }
 
+/// `path` as process `pid` meant it: relative ones against its working directory or the
+/// directory `dirfd` names.
+fn absolute(pid: u32, dirfd: i32, path: PathBuf) -> Option<PathBuf> {
+    if path.is_absolute() {
+        return Some(path);
+    }
+    let base = if dirfd == libc::AT_FDCWD { format!("/proc/{pid}/cwd") } else { format!("/proc/{pid}/fd/{dirfd}") };
+    Some(std::fs::read_link(base).ok()?.join(path))
+}
+
 /// A `stat`-like call on a path (an empty path, `fstat` by descriptor, is no path).
 fn stat(mem: &mut HashMap<u32, File>, req: &libc::seccomp_notif, dirfd: i32, ptr: u64) -> Option<Access> {
-    let path = read_path(mem, req.pid, ptr)?;
-    let path = if path.is_absolute() {
-        path
-    } else {
-        let base = if dirfd == libc::AT_FDCWD {
-            format!("/proc/{}/cwd", req.pid)
-        } else {
-            format!("/proc/{}/fd/{dirfd}", req.pid)
-        };
-        std::fs::read_link(base).ok()?.join(path)
-    };
+    let path = absolute(req.pid, dirfd, read_path(mem, req.pid, ptr)?)?;
     Some(Access { path, kind: Kind::Stat })
 }
 

@@ -3,17 +3,9 @@
 //! or that names the workflow line it could not map; exported workflows, the setup action and
 //! the release workflow pass actionlint and zizmor; the release script builds a static binary.
 
-use crate::util::{cairn, repo_root, Project};
+use crate::util::{cairn, have, repo_root, Project};
 use serde_json::Value;
 use std::path::Path;
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 /// Skip (saying so, and never in CI, whose `.ci/run` installs them) without the linters.
 fn linters(test: &str) -> bool {

@@ -2,7 +2,7 @@
 //! restores. Each test fails on the code before the fix it names.
 
 use super::remote::{Server, WRITER};
-use crate::util::{to_run, Project};
+use crate::util::{git, have, to_run, Project};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -610,20 +610,6 @@ fn an_entry_count_bomb_is_refused_naming_the_limit() {
 }
 
 // ---- 5 and 6 on a real Elixir project ------------------------------------------------------------
-
-fn have(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let ok = std::process::Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
-}
 
 const MIX_PIPELINE: &str = r#"Pipeline(name: "app",
   input_sets: {"mix": (include: ["mix.exs", "mix.lock"]), "elixir": (include: ["mix.exs", "mix.lock", "lib/**", "priv/**"])},

@@ -3,7 +3,7 @@
 //! declarations that `cairn check` accepts; strict mode adds host paths; enforce is the
 //! default for cacheable steps.
 
-use crate::util::Project;
+use crate::util::{git, have, Project};
 
 fn step(v: &serde_json::Value, name: &str) -> serde_json::Value {
     v["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone()
@@ -17,17 +17,6 @@ fn can_trace(test: &str) -> bool {
     eprintln!("SKIPPED {test}: this kernel has no seccomp user notification or no Landlock");
     assert!(std::env::var_os("CI").is_none(), "CI machines have both");
     false
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let ok = std::process::Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
 }
 
 /// A project whose `compile` reads four kinds of undeclared file (an Erlang source outside
@@ -253,14 +242,6 @@ fn without_seccomp_report_mode_degrades_with_one_warning_or_fails_when_required(
     );
     let r = p.run_with(&["learn", "-p", "pipelines/test.ron", "a"], &none).code(1);
     assert!(r.stderr.contains("no seccomp user notification"), "{}", r.stderr);
-}
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// A real mix project with the undeclared-input classes the issue names: an Erlang file under

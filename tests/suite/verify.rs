@@ -1,13 +1,9 @@
 //! Issue 6: the seed's verify job for real — a real Elixir app, a real PostgreSQL service,
 //! secrets, toolchain requirements — plus service failure handling.
 
-use crate::util::{repo_root, Project};
+use crate::util::{have, repo_root, Project};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn have(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
 
 /// PostgreSQL scenarios run one at a time, so "nothing left running" is about this test alone.
 static POSTGRES: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -133,3 +133,19 @@ pub fn in_repo(args: &[&str]) -> Run {
         cairn().args(args).current_dir(repo_root()).env("CAIRN_CACHE_DIR", store.path()).output().expect("run cairn"),
     )
 }
+
+/// Is `cmd` on PATH?
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Run git in `dir` with a throwaway identity; panics naming the command when it fails.
+pub fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+}
