@@ -22,7 +22,11 @@ tree="$work/tree"
 bash "$shared/bench/make-tree.sh" --packages "$packages" "$@" "$tree" >/dev/null 2>&1
 sh "$here/write-pipeline.sh" "$tree" > "$tree/cairn.ron"
 if [ -d "$tree/packages/app" ]; then pkg=app; else pkg=p001; fi
-src=$(find "$tree/packages/$pkg" -path '*/deps' -prune -o -path '*/_build' -prune -o -path '*/node_modules' -prune -o -type f ! -name 'package.json' -print | sort | head -1)
+if [ "$pkg" = app ]; then
+  src="$tree/packages/app/mix.lock" # a dependency change: the app's step restores deps/ and _build/
+else
+  src=$(find "$tree/packages/$pkg/src" -type f | sort | head -1)
+fi
 build() { (cd "$tree" && "$cairn" build -q -p cairn.ron --cache-dir "$work/cache" "$@"); }
 build --summary none >/dev/null 2>&1 || true
 build --summary none >/dev/null 2>&1
