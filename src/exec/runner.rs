@@ -2,8 +2,8 @@
 //!
 //! The dispatcher decides *what* runs (a miss, its environment, its working directory, its
 //! timeout); a [`StepRunner`] decides *how*. [`LocalProcess`] runs it as a child process group
-//! on this machine, which is what cairn does today; a sandboxed runner (the step sees only its
-//! declared inputs) and a remote executor plug in here without touching the dispatcher.
+//! on this machine, under the step's sandbox (Landlock and/or tracing) when the job hands it
+//! a policy; a remote executor plugs in here without touching the dispatcher.
 //! Runners stream output through the [`Console`] they are given and never print otherwise.
 
 use super::process::{self, Console, Outcome};

@@ -11,6 +11,11 @@
 //! later, TCP connections are refused except to the ports of the services the step uses,
 //! unless the step declares `network: true`.
 //!
+//! `Strict` narrows the outside to system paths, the private `TMPDIR` and the step's `host`
+//! paths ([`Policy::outside`]). A [`Policy`] also says whether the step is traced
+//! (`exec::trace`, `Report` and `Strict`); its read and write sets are then what the traced
+//! accesses are compared with (`plan::undeclared`).
+//!
 //! A read of an undeclared file fails with `EACCES`, so the tool names the file itself (mix:
 //! `could not read file ".../config/local.exs": permission denied`); a hit can then never rest
 //! on it, since the step never succeeded with it.
