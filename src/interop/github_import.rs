@@ -642,7 +642,9 @@ pub fn import(file: &str, text: &str, opts: &Options) -> Result<Imported, Import
                     });
                     from_name
                         .filter(|n| !n.is_empty())
-                        .unwrap_or_else(|| slug(id.trim_start_matches("deploy").trim_start_matches(['_', '-'])))
+                        .or_else(|| Some(slug(id.trim_start_matches("deploy").trim_start_matches(['_', '-']))))
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| slug(&id))
                 }
             };
             if env_out.name.contains("${{") {
@@ -939,6 +941,11 @@ fn render(
         o.push_str("    },\n");
     }
     o.push_str("    steps: {\n");
+    if steps.is_empty() && extra.is_empty() {
+        // A workflow of deploy jobs only: a pipeline needs a step, and this one does nothing.
+        o.push_str("        // The workflow has deploy jobs only; a pipeline needs a step: this one does nothing.\n");
+        o.push_str("        \"ready\": (run: \"true\", cache: false),\n");
+    }
     for s in steps.iter().chain(extra) {
         for c in &s.comments {
             let _ = writeln!(o, "        // {c}");
@@ -1003,7 +1010,11 @@ fn render(
     // Triggers: the steps whose job runs on the event, and the environments it deploys.
     o.push_str("    triggers: [\n");
     for (e, branches, inputs) in triggers {
-        let run: Vec<&str> = steps.iter().filter(|s| !s.cond.admits(*e).is_empty()).map(|s| s.name.as_str()).collect();
+        let mut run: Vec<&str> =
+            steps.iter().filter(|s| !s.cond.admits(*e).is_empty()).map(|s| s.name.as_str()).collect();
+        if steps.is_empty() && extra.is_empty() {
+            run.push("ready");
+        }
         let mut rules = Vec::new();
         for env in envs {
             for b in env.cond.admits(*e) {

@@ -244,6 +244,19 @@ jobs:
     assert!(r.stderr.contains("bad.yml:5:") && r.stderr.contains("not valid YAML"), "{}", r.stderr);
     let r = import(&Project::new().file("x.yml", "name: x\non: push\n"), "x.yml", &[]).code(2);
     assert!(r.stderr.contains("x.yml:") && r.stderr.contains("no `jobs:`"), "{}", r.stderr);
+    // A workflow of deploy jobs only (a job named just `deploy`, events cairn has no trigger
+    // for): still a pipeline `cairn check` accepts.
+    let d = Project::new().file(
+        "deploy.yml",
+        "name: Deploy\non:\n  release:\n    types: [published]\n  push:\n    branches: [main]\njobs:\n  deploy:\n    runs-on: ubuntu-latest\n    environment: production\n    steps:\n      - uses: actions/checkout@v4\n      - run: ./deploy.sh\n",
+    );
+    let r = import(&d, "deploy.yml", &["-o", "pipelines/d.ron"]).ok();
+    assert!(r.stderr.contains("`on: release` has no cairn trigger"), "{}", r.stderr);
+    d.run(&["check", "-p", "pipelines/d.ron"]).ok();
+    assert!(
+        d.read("pipelines/d.ron").contains("(branch: \"main\", environment: \"production\")")
+            || d.read("pipelines/d.ron").contains("deploy: [(environment: \"production\")]")
+    );
     // An existing pipeline is not overwritten without --force.
     let r = import(&p, "ci.yml", &["-o", "pipelines/node.ron"]).code(2);
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
