@@ -124,6 +124,12 @@ pub enum Found {
     Miss { pending: Pending, reasons: Vec<crate::plan::key::DirtyReason>, warnings: Vec<String> },
 }
 
+/// A blake3 digest as the store names things by: 64 lowercase hex characters. Anything else
+/// (from a damaged index, a remote) names no path in the store.
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Where a step's entries are kept: found by key, restored into a worktree, read for their
 /// logs, and created only by committing a [`Pending`] after the step succeeded. The local
 /// store implements it; [`tiered::Tiered`] puts the remote cache behind it (a remote entry
@@ -336,8 +342,7 @@ impl Store {
     /// (a damaged or hostile index row) names a path that never exists inside the store, so
     /// it reads as a missing blob and nothing outside `blobs/` is ever opened or removed.
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let valid = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
+        if !is_digest(digest) {
             let name = blake3::hash(digest.as_bytes()).to_hex();
             return self.dir.join("blobs").join("invalid").join(format!("{name}.not-a-digest"));
         }
@@ -468,7 +473,7 @@ impl Store {
 
     /// Where an entry's unpacked copy lives, and its manifest.
     fn unpacked_paths(&self, blob: &str) -> Option<(PathBuf, PathBuf)> {
-        if blob.len() != 64 || !blob.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_digest(blob) {
             return None;
         }
         let dir = self.dir.join("unpacked");
@@ -613,7 +618,7 @@ impl Store {
 
     /// A cached toolchain probe record (see `exec::toolchain`), if one is kept under `key`.
     pub fn load_probe(&self, key: &str) -> Option<Vec<u8>> {
-        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_digest(key) {
             return None;
         }
         fs::read(self.dir.join("probes").join(key)).ok()
@@ -622,7 +627,7 @@ impl Store {
     /// Keep a toolchain probe record (written aside, then renamed); records unused for 30
     /// days are removed.
     pub fn save_probe(&self, key: &str, data: &[u8]) -> Result<(), StoreError> {
-        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_digest(key) {
             return Ok(());
         }
         self.keep_file("probes", key, data, "probe record")

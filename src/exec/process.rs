@@ -328,18 +328,11 @@ pub fn run_sandboxed(
     trace: bool,
 ) -> std::io::Result<Outcome> {
     let tracer = if trace { Some(super::trace::Tracer::start()?) } else { None };
-    let mut slot = ruleset;
-    let mut traced = tracer.as_ref().map(|t| t.hook());
-    let hook = move || {
-        if let Some(r) = slot.take() {
-            super::sandbox::restrict(r)?;
-        }
-        match traced.as_mut() {
-            Some(t) => t(),
-            None => Ok(()),
-        }
-    };
-    run_inner(command, cwd, env, timeout, prefix, console, masker, true, Some(Box::new(hook)), tracer)
+    let hook = ruleset.map(|r| {
+        let mut slot = Some(r);
+        Box::new(move || slot.take().map_or(Ok(()), super::sandbox::restrict)) as PreExec
+    });
+    run_inner(command, cwd, env, timeout, prefix, console, masker, true, hook, tracer)
 }
 
 /// A hook run in the child between fork and exec.
@@ -396,6 +389,10 @@ fn run_inner(
             // The ruleset was built (paths opened, memory allocated) in the parent; the hook
             // only makes two system calls.
             cmd.pre_exec(hook);
+        }
+        // Traced: the filter goes on last, after Landlock (see `Tracer::hook`).
+        if let Some(t) = &tracer {
+            cmd.pre_exec(t.hook());
         }
     }
     let spawned = cmd.spawn();

@@ -384,12 +384,12 @@ fn service(cx: &mut Ctx, name: &str, v: &Value, line: usize) -> String {
             format!(
                 "        // services.{name} ({image}), through Docker.\n        {}: (\n            start: {},{port}\n            ready: (probe: Tcp(\"127.0.0.1:{{port}}\"), {ready}),\n        ),\n",
                 ron_str(name),
-                ron_str(&escape_braces(&if image.is_empty() {
+                ron_str(&if image.is_empty() {
                     "false".to_string()
                 } else {
-                    format!("docker run --rm -p 127.0.0.1:{{port}}:{cport}{envs} {image}")
-                }))
-                .replace("{{port}}", "{port}")
+                    // `{port}` is cairn's; braces in the workflow's values are not.
+                    format!("docker run --rm -p 127.0.0.1:{{port}}:{cport}{} {}", escape_braces(&envs), escape_braces(&image))
+                })
             )
         }
     }

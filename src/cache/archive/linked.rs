@@ -65,7 +65,6 @@ pub fn make_copy(staging: &Path, dest: &Path, logs: &super::Unpacked) -> Result<
     fs::create_dir_all(dest).map_err(io("creating an unpacked copy"))?;
     let mut items = Vec::new();
     let mut bytes = 0;
-    let mut dir_modes = Vec::new();
     for e in walkdir::WalkDir::new(staging).min_depth(1).sort_by_file_name() {
         if crate::interrupt::interrupted() {
             return Err(ArchiveError::Interrupted);
@@ -76,10 +75,10 @@ pub fn make_copy(staging: &Path, dest: &Path, logs: &super::Unpacked) -> Result<
         let meta = e.path().symlink_metadata().map_err(io(format!("stat {}", e.path().display())))?;
         let ft = meta.file_type();
         if ft.is_dir() {
+            // The copy's directories stay writable (so it can be removed); their modes are in
+            // the manifest, applied to each restore.
             fs::create_dir(&to).map_err(io(format!("mkdir {}", to.display())))?;
-            let mode = meta.permissions().mode() & 0o7777;
-            dir_modes.push((to, mode));
-            items.push(Item::D(rel, mode));
+            items.push(Item::D(rel, meta.permissions().mode() & 0o7777));
         } else if ft.is_symlink() {
             let target = fs::read_link(e.path()).map_err(io(format!("readlink {}", e.path().display())))?;
             std::os::unix::fs::symlink(&target, &to).map_err(io(format!("symlink {}", to.display())))?;
@@ -90,9 +89,6 @@ pub fn make_copy(staging: &Path, dest: &Path, logs: &super::Unpacked) -> Result<
             items.push(Item::F(rel, meta.ino(), meta.size(), mtime_ns(&meta)));
         }
     }
-    // The copy's directories stay writable (so it can be removed); their modes are in the
-    // manifest, applied to each restore.
-    let _ = dir_modes;
     Ok(Manifest {
         items,
         bytes,
@@ -197,15 +193,15 @@ pub fn unshare(root: &Path, paths: &[String]) -> std::io::Result<usize> {
             if !writable {
                 fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode | 0o700))?;
             }
+            // The copy is written while it is private and writable: bytes, then the original
+            // mtime, then the original mode; then it replaces the linked file.
             let result = fs::copy(path, &tmp).and_then(|_| {
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+                fs::File::options()
+                    .write(true)
+                    .open(&tmp)?
+                    .set_times(fs::FileTimes::new().set_modified(meta.modified()?))?;
                 fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.permissions().mode()))?;
-                let times = fs::FileTimes::new().set_modified(meta.modified()?);
-                fs::File::options().write(true).open(&tmp).and_then(|f| f.set_times(times)).or_else(|_| {
-                    // A read-only copy: its times are set through a writable moment.
-                    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
-                    fs::File::options().write(true).open(&tmp)?.set_times(times)?;
-                    fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.permissions().mode()))
-                })?;
                 fs::rename(&tmp, path)
             });
             if result.is_err() {

@@ -167,10 +167,12 @@ pub fn classify(decl: &Declared, seen: impl IntoIterator<Item = Seen>) -> Vec<Fi
                 if !s.is_file || decl.reads.iter().any(|d| under(rel, d)) || decl.writes.iter().any(|d| under(rel, d)) {
                     continue;
                 }
-                if let Some((_, (step, false))) = decl.others.iter().find(|(o, _)| under(rel, o)) {
+                let owner = decl.others.iter().find(|(o, _)| under(rel, o)).map(|(_, owner)| owner);
+                if let Some((step, needed)) = owner {
+                    if *needed {
+                        continue; // a needed step's output, granted through `reads`
+                    }
                     Finding::UndeclaredNeed { path: rel.clone(), step: step.clone() }
-                } else if decl.others.iter().any(|(o, _)| under(rel, o)) {
-                    continue; // a needed step's output, granted through `reads`
                 } else if rel == ".git" || rel.starts_with(".git/") {
                     Finding::GitRead { path: rel.clone() }
                 } else if s.git_ignored {
